@@ -1,0 +1,17 @@
+//! rce-guard: a containerd NRI plugin plus a seccomp-notify monitor that catches reverse shells
+//! (execs whose stdin/stdout/stderr are network sockets) in containers at `execve` time.
+//!
+//! Data flow, one module each:
+//! NRI in ([`nri`]) -> container [`registry`] -> [`policy`] (which containers, and the seccomp
+//! merge) -> injection (NRI adjustment, or the [`wrapper`] runtime) -> [`monitor`] (listener
+//! handover, notify loop, inspection) -> [`rule`] -> [`finding`] -> [`sinks`].
+
+pub mod config;
+pub mod exec_event;
+pub mod identity;
+pub mod monitor;
+pub mod nri;
+pub mod policy;
+pub mod registry;
+pub mod verdict;
+pub mod wrapper;

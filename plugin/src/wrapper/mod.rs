@@ -1,0 +1,1 @@
+//! wrapper (in progress)
