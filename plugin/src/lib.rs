@@ -8,10 +8,14 @@
 
 pub mod config;
 pub mod exec_event;
+pub mod finding;
 pub mod identity;
+pub mod judge;
 pub mod monitor;
 pub mod nri;
 pub mod policy;
 pub mod registry;
+pub mod rule;
+pub mod sinks;
 pub mod verdict;
 pub mod wrapper;
