@@ -64,9 +64,17 @@ pub enum MuxError {
     #[error("NRI conn id {0} opened twice")]
     DuplicateConnId(ConnId),
     #[error("NRI frame for conn {conn} announces {len} bytes, more than the {max}-byte limit")]
-    FrameTooLarge { conn: ConnId, len: usize, max: usize },
+    FrameTooLarge {
+        conn: ConnId,
+        len: usize,
+        max: usize,
+    },
     #[error("NRI trunk closed in the middle of a frame {part}: got {got} of {want} bytes")]
-    Truncated { part: &'static str, got: usize, want: usize },
+    Truncated {
+        part: &'static str,
+        got: usize,
+        want: usize,
+    },
     #[error("reading the NRI trunk failed")]
     TrunkRead(#[source] io::Error),
     #[error("writing to the NRI trunk failed (conn {conn})")]
@@ -76,9 +84,17 @@ pub enum MuxError {
         source: io::Error,
     },
     #[error("outgoing ttrpc message on conn {conn} is {len} bytes, over the {max}-byte limit")]
-    OutboundTooLarge { conn: ConnId, len: usize, max: usize },
+    OutboundTooLarge {
+        conn: ConnId,
+        len: usize,
+        max: usize,
+    },
     #[error("ttrpc on conn {conn} stopped in the middle of a message: got {got} of {want} bytes")]
-    OutboundTruncated { conn: ConnId, got: usize, want: usize },
+    OutboundTruncated {
+        conn: ConnId,
+        got: usize,
+        want: usize,
+    },
     #[error("reading outgoing bytes of conn {conn} failed")]
     OutboundRead {
         conn: ConnId,
@@ -145,9 +161,14 @@ impl Mux {
     /// Waits until the trunk is gone: `Ok(())` when the peer closed it at a frame
     /// boundary, an error for a broken or malformed trunk. The logical connections see
     /// end-of-stream at that point.
+    ///
+    /// Cancel-safe: dropping the future before it completes leaves the result for the
+    /// next call; once it has completed, later calls give [`MuxError::AlreadyClosed`].
     pub async fn closed(&mut self) -> Result<(), MuxError> {
-        let reader = self.reader.take().ok_or(MuxError::AlreadyClosed)?;
-        reader.await.map_err(MuxError::ReaderTask)?
+        let reader = self.reader.as_mut().ok_or(MuxError::AlreadyClosed)?;
+        let result = reader.await;
+        self.reader = None;
+        result.map_err(MuxError::ReaderTask)?
     }
 }
 
@@ -449,17 +470,26 @@ mod tests {
     /// Reads one raw frame from the far end of the trunk.
     async fn read_frame(peer: &mut DuplexStream) -> (ConnId, Vec<u8>) {
         let mut header = [0u8; FRAME_HEADER_LEN];
-        timeout(T, peer.read_exact(&mut header)).await.unwrap().unwrap();
+        timeout(T, peer.read_exact(&mut header))
+            .await
+            .unwrap()
+            .unwrap();
         let conn = u32::from_be_bytes(header[..4].try_into().unwrap());
         let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
         let mut payload = vec![0u8; len];
-        timeout(T, peer.read_exact(&mut payload)).await.unwrap().unwrap();
+        timeout(T, peer.read_exact(&mut payload))
+            .await
+            .unwrap()
+            .unwrap();
         (conn, payload)
     }
 
     async fn read_n(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
         let mut buf = vec![0u8; n];
-        timeout(T, stream.read_exact(&mut buf)).await.unwrap().unwrap();
+        timeout(T, stream.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         buf
     }
 
@@ -553,7 +583,14 @@ mod tests {
         drop(peer);
         let err = timeout(T, mux.closed()).await.unwrap().unwrap_err();
         assert!(
-            matches!(err, MuxError::Truncated { part: "header", got: 5, want: 8 }),
+            matches!(
+                err,
+                MuxError::Truncated {
+                    part: "header",
+                    got: 5,
+                    want: 8
+                }
+            ),
             "{err}"
         );
     }
@@ -563,17 +600,32 @@ mod tests {
         let (trunk, mut peer) = tokio::io::duplex(1 << 16);
         let (mut mux, [mut c1, mut c2]) = Mux::start(trunk, [1, 2]).unwrap();
         let whole = frame(1, b"0123456789");
-        peer.write_all(&whole[..FRAME_HEADER_LEN + 4]).await.unwrap();
+        peer.write_all(&whole[..FRAME_HEADER_LEN + 4])
+            .await
+            .unwrap();
         drop(peer);
         let err = timeout(T, mux.closed()).await.unwrap().unwrap_err();
         assert!(
-            matches!(err, MuxError::Truncated { part: "payload", got: 4, want: 10 }),
+            matches!(
+                err,
+                MuxError::Truncated {
+                    part: "payload",
+                    got: 4,
+                    want: 10
+                }
+            ),
             "{err}"
         );
         let mut rest = Vec::new();
-        timeout(T, c1.read_to_end(&mut rest)).await.unwrap().unwrap();
+        timeout(T, c1.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rest.is_empty(), "a partial frame must not be delivered");
-        timeout(T, c2.read_to_end(&mut rest)).await.unwrap().unwrap();
+        timeout(T, c2.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rest.is_empty());
     }
 
@@ -585,9 +637,22 @@ mod tests {
         drop(peer);
         timeout(T, mux.closed()).await.unwrap().unwrap();
         let mut rest = Vec::new();
-        timeout(T, c1.read_to_end(&mut rest)).await.unwrap().unwrap();
+        timeout(T, c1.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rest, b"bye");
         assert!(matches!(mux.closed().await, Err(MuxError::AlreadyClosed)));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_close_can_be_cancelled_and_resumed() {
+        let (trunk, peer) = tokio::io::duplex(1 << 16);
+        let (mut mux, [_c1]) = Mux::start(trunk, [1]).unwrap();
+        let early = timeout(Duration::from_millis(20), mux.closed()).await;
+        assert!(early.is_err(), "the trunk is still open");
+        drop(peer);
+        timeout(T, mux.closed()).await.unwrap().unwrap();
     }
 
     #[test]
@@ -673,8 +738,14 @@ mod tests {
         );
         // Both connections see end-of-stream.
         let mut rest = Vec::new();
-        timeout(T, c1.read_to_end(&mut rest)).await.unwrap().unwrap();
-        timeout(T, c2.read_to_end(&mut rest)).await.unwrap().unwrap();
+        timeout(T, c1.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        timeout(T, c2.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rest.is_empty());
     }
 }
