@@ -63,6 +63,9 @@ unpack_containerd() { # suite dir-name
   log "unpacking containerd from $suite into $dest"
   apt_update_once
   local tmp; tmp=$(mktemp -d)
+  # apt downloads as the unprivileged _apt user: it must be able to write here.
+  chmod 0755 "$tmp"
+  if id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi
   (cd "$tmp" && apt-get download -qq "containerd/$suite" >/dev/null)
   rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
   dpkg-deb -x "$tmp"/containerd_*.deb "$dest.tmp"
