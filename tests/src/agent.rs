@@ -19,8 +19,10 @@ use serde_json::Value;
 use crate::containerd::Containerd;
 use crate::log_lines::{LineCollector, LogLine, WaitEnd};
 
-/// Path of the agent binary; builds it (`cargo build -p rce-guard --bin rce-guard`) if it is
-/// not there yet.
+/// Path of the agent binary. Unless `$RCE_GUARD_BIN` names one, this is `rce-guard` next to
+/// the test executable's profile directory, (re)built with `cargo build -p rce-guard --bin
+/// rce-guard` when it is missing or older than the agent's sources (so a test never runs a
+/// stale agent).
 pub fn agent_binary() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("RCE_GUARD_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -39,16 +41,52 @@ pub fn agent_binary() -> Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))?;
     let bin = profile_dir.join("rce-guard");
-    // One build at a time, however many tests ask in parallel.
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.is_file() {
-        build_agent(profile_dir)?;
+    // One check (and build) per test process, however many tests ask in parallel.
+    static CHECKED: Mutex<bool> = Mutex::new(false);
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !*checked {
+        if is_stale(&bin) {
+            build_agent(profile_dir)?;
+        }
+        *checked = true;
     }
     if !bin.is_file() {
         bail!("built rce-guard, but {} is still missing", bin.display());
     }
     Ok(bin)
+}
+
+/// True if `bin` is missing or older than a source file of the agent or its proto crate.
+fn is_stale(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["plugin", "proto"]
+        .iter()
+        .filter_map(|crate_dir| newest_mtime(&workspace.join(crate_dir)))
+        .max();
+    newest.is_some_and(|newest| newest > built)
+}
+
+/// Newest modification time of the files under `dir` (recursively).
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if let Ok(modified) = meta.modified() {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
 }
 
 fn build_agent(profile_dir: &Path) -> Result<()> {
@@ -66,7 +104,7 @@ fn build_agent(profile_dir: &Path) -> Result<()> {
     if profile_dir.file_name() == Some(OsStr::new("release")) {
         cmd.arg("--release");
     }
-    eprintln!("rce-guard binary missing: running {cmd:?}");
+    eprintln!("rce-guard binary missing or older than its sources: running {cmd:?}");
     let status = cmd
         .status()
         .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
@@ -167,7 +205,8 @@ impl AgentBuilder {
         let out_pipe = child.stdout.take().context("agent stdout pipe")?;
         let err_pipe = child.stderr.take().context("agent stderr pipe")?;
         let agent = Agent {
-            child,
+            child: Mutex::new(child),
+            pid,
             stdout,
             stderr,
             started_at,
@@ -197,7 +236,9 @@ impl AgentBuilder {
 
 /// A running agent. Killed (SIGKILL) on drop; its log tail is printed if the test panicked.
 pub struct Agent {
-    child: Child,
+    /// Behind a lock so that `&self` methods can ask whether it has exited.
+    child: Mutex<Child>,
+    pid: u32,
     stdout: LineCollector,
     stderr: LineCollector,
     started_at: Instant,
@@ -218,7 +259,7 @@ impl Agent {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// The `--listener` socket path, when started with [`AgentBuilder::for_containerd`].
@@ -330,21 +371,21 @@ impl Agent {
     }
 
     /// The exit status, if the agent has exited.
-    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    pub fn try_exit_status(&self) -> Option<ExitStatus> {
+        self.child().try_wait().ok().flatten()
     }
 
     /// Sends `signal` (e.g. SIGTERM for a graceful stop).
     pub fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = i32::try_from(self.child.id()).context("pid out of range")?;
+        let pid = i32::try_from(self.pid).context("pid out of range")?;
         kill(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to the agent"))
     }
 
     /// Waits up to `timeout` for the agent to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().context("waiting for the agent")? {
+            if let Some(status) = self.child().try_wait().context("waiting for the agent")? {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
@@ -357,6 +398,10 @@ impl Agent {
         }
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn wait_error(&self, what: &str, end: WaitEnd, timeout: Duration) -> anyhow::Error {
         let why = match end {
             WaitEnd::TimedOut => format!("no matching {what} within {timeout:?}"),
@@ -367,7 +412,7 @@ impl Agent {
         anyhow!(
             "{why}; agent {:?} (pid {}); log tail:\n{}\nstdout tail:\n{}",
             self.args,
-            self.child.id(),
+            self.pid,
             self.stderr.tail(30),
             self.stdout.tail(10)
         )
@@ -379,12 +424,13 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!(
                 "--- agent (pid {}) log tail:\n{}\n--- agent stdout tail:\n{}\n---",
-                self.child.id(),
+                self.pid,
                 self.stderr.tail(40),
                 self.stdout.tail(10)
             );
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
