@@ -441,6 +441,9 @@ impl Containerd {
     }
 }
 
+/// One step of tearing an instance down.
+type TeardownStep = fn(&mut Containerd);
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
@@ -454,21 +457,19 @@ impl Drop for Containerd {
         }
         // Each step runs even if an earlier one panics: a panic here would abort the test
         // binary and leave the daemon and its containers behind.
-        let steps: [(&str, &mut dyn FnMut(&mut Containerd)); 4] = [
-            ("removing pods", &mut |cd| cleanup::remove_all_pods(cd)),
-            ("stopping containerd", &mut |cd| cd.stop_daemon()),
-            ("killing leftovers", &mut |cd| cleanup::kill_leftovers(cd)),
-            ("unmounting", &mut |cd| {
+        let steps: [(&str, TeardownStep); 4] = [
+            ("removing pods", |cd| cleanup::remove_all_pods(cd)),
+            ("stopping containerd", |cd| cd.stop_daemon()),
+            ("killing leftovers", |cd| cleanup::kill_leftovers(cd)),
+            ("unmounting", |cd| {
                 crate::procfs::unmount_all_under(&cd.dir_path)
             }),
         ];
         for (what, step) in steps {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
             if result.is_err() {
-                eprintln!(
-                    "teardown of containerd {}: {what} panicked",
-                    self.opts.version.label()
-                );
+                let v = self.opts.version.label();
+                eprintln!("teardown of containerd {v}: {what} panicked");
             }
         }
         if panicking {
