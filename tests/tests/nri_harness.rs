@@ -22,6 +22,7 @@ on_both_versions!(
     pods_containers_and_exec_work_through_cri,
     restart_keeps_containers_running,
     drop_leaves_nothing_behind,
+    a_panicking_test_still_cleans_up_and_keeps_the_log,
 );
 
 fn pods_containers_and_exec_work_through_cri(v: Version) {
@@ -212,6 +213,39 @@ fn drop_leaves_nothing_behind(v: Version) {
         dir.display()
     );
     assert!(!dir.exists(), "{} not removed", dir.display());
+}
+
+fn a_panicking_test_still_cleans_up_and_keeps_the_log(v: Version) {
+    // The "test" runs in its own thread so that its panic can be observed here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let cd = Containerd::start(v).expect("start containerd");
+        let cri = cd.cri().expect("CRI client");
+        let pod = cri.run_pod(&PodSpec::new("doomed")).expect("RunPodSandbox");
+        cri.run_container(&pod, &ContainerSpec::sleeper("sleeper"))
+            .expect("run container");
+        tx.send((cd.dir().to_path_buf(), cd.grpc_socket())).unwrap();
+        panic!("deliberate failure with a pod running");
+    })
+    .join();
+    assert!(result.is_err(), "the thread was meant to panic");
+    let (dir, grpc) = rx.recv().expect("the thread got as far as running a pod");
+    let left = processes_with_arg(&grpc.to_string_lossy());
+    assert!(left.is_empty(), "shims left behind: {left:?}");
+    assert_eq!(
+        mount_count_under(&dir),
+        0,
+        "mounts left under {}",
+        dir.display()
+    );
+    let log = dir.join("containerd.log");
+    assert!(log.is_file(), "{} not kept after a failure", log.display());
+    assert!(
+        !dir.join("root").exists(),
+        "bulky root dir kept in {}",
+        dir.display()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn processes_with_arg(arg: &str) -> Vec<u32> {
