@@ -120,6 +120,40 @@ impl TestRuntime {
     }
 }
 
+/// Collects the stub's log lines, for the messages operators and e2e tests look for.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Captures logs of this thread (tokio tests run every task on the test thread).
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines_with(&self, message: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(message))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_duration(T)
 }
@@ -279,6 +313,8 @@ impl Plugin for RecordingPlugin {
 
 #[tokio::test]
 async fn stub_registers_configures_syncs_and_adjusts_against_test_runtime() {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
     let runtime = TestRuntime::new();
     let plugin = RecordingPlugin::new();
     let stub = Stub::new(plugin.clone(), runtime.options());
@@ -428,12 +464,38 @@ async fn stub_registers_configures_syncs_and_adjusts_against_test_runtime() {
         .unwrap();
     assert_eq!(plugin.seen().removed, vec!["c3".to_owned()]);
 
+    let registered = logs.lines_with("registered with runtime");
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    for field in [
+        "runtime_name=containerd",
+        "runtime_version=v2.1.9",
+        "nri_api=0.8",
+        "events=0x408 (CREATE_CONTAINER|REMOVE_CONTAINER)",
+    ] {
+        assert!(
+            registered[0].contains(field),
+            "{field} in {}",
+            registered[0]
+        );
+    }
+    let synchronized = logs.lines_with("synchronized");
+    assert_eq!(synchronized.len(), 1, "{synchronized:?}");
+    for field in ["pods=2", "containers=2", "chunks=2"] {
+        assert!(
+            synchronized[0].contains(field),
+            "{field} in {}",
+            synchronized[0]
+        );
+    }
+
     assert!(!stub_task.is_finished());
     stub_task.abort();
 }
 
 #[tokio::test]
 async fn stub_reconnects_and_reregisters_after_restart_against_test_runtime() {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
     let runtime = TestRuntime::new();
     let plugin = RecordingPlugin::new();
     let stub = Stub::new(plugin.clone(), runtime.options());
@@ -481,6 +543,15 @@ async fn stub_reconnects_and_reregisters_after_restart_against_test_runtime() {
     assert!(EventMask::from_bits_truncate(configured.events as u32)
         .contains(Event::VALIDATE_CONTAINER_ADJUSTMENT));
     assert!(handle.is_connected());
+    let disconnected = logs.lines_with("disconnected from runtime, reconnecting");
+    assert_eq!(disconnected.len(), 1, "{disconnected:?}");
+    assert!(disconnected[0].contains("WARN"), "{}", disconnected[0]);
+    assert!(
+        disconnected[0].contains("retry_in_ms=20"),
+        "{}",
+        disconnected[0]
+    );
+    assert!(disconnected[0].contains("error="), "{}", disconnected[0]);
     assert!(!stub_task.is_finished());
     stub_task.abort();
 }
