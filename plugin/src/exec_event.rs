@@ -25,7 +25,7 @@ pub enum ExecAbi {
 }
 
 /// Address family of a socket on a standard fd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SocketFamily {
     Inet,
@@ -37,7 +37,7 @@ pub enum SocketFamily {
 }
 
 /// Socket type / protocol, as far as it matters to an analyst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SocketProtocol {
     Tcp,
@@ -52,7 +52,7 @@ pub enum SocketProtocol {
 }
 
 /// What one of the caller's fds 0, 1, 2 is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum StdioKind {
     /// The fd is not open.
@@ -79,7 +79,10 @@ impl StdioKind {
     pub fn is_network_socket(&self) -> bool {
         matches!(
             self,
-            StdioKind::Socket { family: SocketFamily::Inet | SocketFamily::Inet6, .. }
+            StdioKind::Socket {
+                family: SocketFamily::Inet | SocketFamily::Inet6,
+                ..
+            }
         )
     }
 }
