@@ -18,6 +18,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::env::BUSYBOX_IMAGE;
 
+/// Largest CRI message either side sends (containerd's default gRPC limit).
+const MAX_MESSAGE: usize = 16 << 20;
+
 /// Default per-call timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -204,8 +207,14 @@ impl Cri {
             .with_context(|| format!("connecting to CRI at {}", socket.display()))?;
         Ok(Cri {
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            // containerd answers with up to 16 MiB (its gRPC limit); tonic's default is 4 MiB,
+            // less than a ListPodSandbox of pods with large annotations.
+            runtime: RuntimeServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            images: ImageServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             log_root: log_root.to_path_buf(),
             timeout: DEFAULT_TIMEOUT,
         })

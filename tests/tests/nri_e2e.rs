@@ -178,10 +178,10 @@ fn cri_container_reaches_the_registry_and_removal_is_logged(v: Version) {
         line.raw
     );
 
-    let mark = agent.log_mark();
-    let t = Instant::now();
     cri.stop_container(&id, Duration::from_secs(1))
         .expect("StopContainer");
+    let mark = agent.log_mark();
+    let t = Instant::now();
     cri.remove_container(&id).expect("RemoveContainer");
     let removed = agent
         .wait_for_message(
@@ -192,7 +192,7 @@ fn cri_container_reaches_the_registry_and_removal_is_logged(v: Version) {
         )
         .expect("removal is logged");
     println!(
-        "containerd {}: container removed {:?} after StopContainer started",
+        "containerd {}: container removed {:?} after RemoveContainer started",
         v.label(),
         removed.at - t
     );
