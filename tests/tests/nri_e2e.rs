@@ -270,67 +270,80 @@ fn agent_reconnects_and_resyncs_after_containerd_restart(v: Version) {
         .wait_for_message(0, "registered with runtime", &[], Duration::ZERO)
         .expect("registered before synchronized");
 
-    let mark = agent.log_mark();
-    let log_mark = cd.log_mark();
-    let stopping = Instant::now();
-    let started = cd.restart().expect("restart containerd");
-    agent
-        .wait_for_message(
-            mark,
-            "disconnected from runtime, reconnecting",
-            &[],
-            RECONNECT_TIMEOUT,
-        )
-        .expect("agent noticed that containerd went away");
-    let reg = agent
-        .wait_for_message(mark, "registered with runtime", &[], RECONNECT_TIMEOUT)
-        .expect("agent registered again by itself");
-    let sync = agent
-        .wait_for_message(
-            mark,
-            "synchronized",
-            &[("pods", "1"), ("containers", "1")],
-            RECONNECT_TIMEOUT,
-        )
-        .expect("agent re-synchronized the running pod and container");
     println!(
-        "containerd {}: first registration {:?} after agent start (synchronized {:?}); after \
-         restart: re-registered {:?} after the new containerd was spawned ({:?} after the old \
-         one was told to stop), re-synchronized {:?} after spawn",
+        "containerd {}: first registration {:?} after agent start (synchronized {:?})",
         v.label(),
         first_registration.at - agent.started_at(),
         first.at - agent.started_at(),
-        reg.at.saturating_duration_since(started),
-        reg.at - stopping,
-        sync.at.saturating_duration_since(started),
     );
-    cd.wait_for_log_after(log_mark, &registered_line(agent.pid()), EVENT_TIMEOUT)
-        .expect("the new containerd logs the registration");
-    cd.wait_for_log_after(log_mark, &connected_line(v), EVENT_TIMEOUT)
-        .expect("the new containerd logs the plugin as connected");
 
-    // Events flow on the new connection.
-    let cri = cd.cri().expect("CRI client after restart");
-    let mark = agent.log_mark();
-    let after = cri
-        .run_container(&pod, &ContainerSpec::sleeper("after"))
-        .expect("container after restart");
-    let line = agent
-        .wait_for_message(
-            mark,
-            "container registered",
-            &[("container_id", &after)],
-            EVENT_TIMEOUT,
-        )
-        .expect("a container created after the restart reaches the registry");
-    assert_identity(&line, &after, "after", &pod);
-    assert_eq!(
-        line.field("source").as_deref(),
-        Some("event"),
-        "{}",
-        line.raw
-    );
-    assert_ne!(before, after);
+    let mut ids = vec![before];
+    let restarts: [(&str, fn(&mut Containerd) -> anyhow::Result<Instant>); 2] = [
+        ("graceful restart (SIGTERM)", Containerd::restart),
+        ("crash (SIGKILL) and restart", Containerd::crash_and_restart),
+    ];
+    for (round, (how, restart)) in restarts.into_iter().enumerate() {
+        let mark = agent.log_mark();
+        let log_mark = cd.log_mark();
+        let stopping = Instant::now();
+        let started = restart(&mut cd).expect("restart containerd");
+        agent
+            .wait_for_message(
+                mark,
+                "disconnected from runtime, reconnecting",
+                &[],
+                RECONNECT_TIMEOUT,
+            )
+            .expect("agent noticed that containerd went away");
+        let reg = agent
+            .wait_for_message(mark, "registered with runtime", &[], RECONNECT_TIMEOUT)
+            .expect("agent registered again by itself");
+        let containers = ids.len().to_string();
+        let sync = agent
+            .wait_for_message(
+                mark,
+                "synchronized",
+                &[("pods", "1"), ("containers", &containers)],
+                RECONNECT_TIMEOUT,
+            )
+            .expect("agent re-synchronized the running pod and containers");
+        println!(
+            "containerd {}, {how}: re-registered {:?} after the new containerd was spawned \
+             ({:?} after the old one was told to stop), re-synchronized {:?} after spawn",
+            v.label(),
+            reg.at.saturating_duration_since(started),
+            reg.at - stopping,
+            sync.at.saturating_duration_since(started),
+        );
+        cd.wait_for_log_after(log_mark, &registered_line(agent.pid()), EVENT_TIMEOUT)
+            .expect("the new containerd logs the registration");
+        cd.wait_for_log_after(log_mark, &connected_line(v), EVENT_TIMEOUT)
+            .expect("the new containerd logs the plugin as connected");
+
+        // Events flow on the new connection.
+        let cri = cd.cri().expect("CRI client after restart");
+        let mark = agent.log_mark();
+        let name = format!("after-{round}");
+        let id = cri
+            .run_container(&pod, &ContainerSpec::sleeper(&name))
+            .expect("container after restart");
+        let line = agent
+            .wait_for_message(
+                mark,
+                "container registered",
+                &[("container_id", &id)],
+                EVENT_TIMEOUT,
+            )
+            .expect("a container created after the restart reaches the registry");
+        assert_identity(&line, &id, &name, &pod);
+        assert_eq!(
+            line.field("source").as_deref(),
+            Some("event"),
+            "{}",
+            line.raw
+        );
+        ids.push(id);
+    }
 }
 
 fn large_synchronize_of_20_pods(v: Version) {

@@ -196,11 +196,25 @@ impl Containerd {
         Ok(cd)
     }
 
-    /// Kills containerd (only the daemon: shims and containers keep running, as in a real
-    /// restart) and starts it again on the same directories. Returns when its CRI service
-    /// answers; the returned instant is when the new daemon was started.
+    /// Stops containerd gracefully (SIGTERM, as a service manager restarts it) and starts it
+    /// again on the same directories. Only the daemon goes: shims and containers keep running.
+    /// Returns when the new CRI service answers; the instant is when the new daemon was spawned.
     pub fn restart(&mut self) -> Result<Instant> {
         self.stop_daemon();
+        self.respawn()
+    }
+
+    /// Like [`Containerd::restart`], but the old daemon dies by SIGKILL (a crash): no graceful
+    /// shutdown of its NRI connections.
+    pub fn crash_and_restart(&mut self) -> Result<Instant> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.respawn()
+    }
+
+    fn respawn(&mut self) -> Result<Instant> {
         // Sockets of the old daemon: the new one must create its own.
         for sock in [self.grpc_socket(), self.ttrpc_socket(), self.nri_socket()] {
             let _ = std::fs::remove_file(sock);
