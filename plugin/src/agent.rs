@@ -4,6 +4,7 @@
 //! pipeline thread -> sinks; plus the admin socket and the coverage check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,9 @@ use anyhow::Context;
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::finding::NodeContext;
+use crate::holder_link::{self, HolderPaths, HolderState};
 use crate::judge::Judge;
+use crate::monitor::{self, MonitorConfig, MonitorHandle};
 use crate::nri::{Stub, StubOptions};
 use crate::nri_handler::AgentPlugin;
 use crate::policy::NotifyListener;
@@ -34,6 +37,12 @@ pub fn effective_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(p) = &args.listener {
         cfg.monitor.listener = p.clone();
+    }
+    if args.no_holder {
+        cfg.monitor.holder = false;
+    }
+    if let Some(p) = &args.holder_socket {
+        cfg.monitor.holder_socket = p.clone();
     }
     if let Some(p) = &args.admin_socket {
         cfg.admin.socket = p.clone();
@@ -82,7 +91,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let rule = Rule::new(&cfg.rule, &cfg.monitor).context("invalid rule")?;
     let judge = Arc::new(Judge::new(rule, registry.clone(), findings.clone()));
 
-    let monitor = start_monitor(&cfg, judge)?;
+    // With the holder, runc hands fds to the holder, which forwards them to us; without it we
+    // serve the listener socket ourselves.
+    let monitor_cfg = MonitorConfig {
+        listener_path: if cfg.monitor.holder { PathBuf::new() } else { cfg.monitor.listener.clone() },
+        workers: cfg.monitor.workers,
+        ..MonitorConfig::default()
+    };
+    let monitor = Arc::new(
+        monitor::start(monitor_cfg, judge)
+            .with_context(|| format!("cannot start the monitor on {}", cfg.monitor.listener.display()))?,
+    );
+    let holder_state = Arc::new(HolderState::default());
+    if cfg.monitor.holder {
+        let paths = HolderPaths {
+            listener: cfg.monitor.listener.clone(),
+            control: cfg.monitor.holder_socket.clone(),
+            json_logs: args.log_format == crate::cli::LogFormat::Json,
+        };
+        let link = holder_link::connect_or_spawn(&paths)?;
+        let (m, st) = (monitor.clone(), holder_state.clone());
+        std::thread::Builder::new()
+            .name("rce-guard-holder-link".into())
+            .spawn(move || holder_link::run(link, paths, m, st))
+            .context("cannot start the holder link thread")?;
+    } else {
+        tracing::warn!("running without the fd holder: if this agent dies, every exec in the containers it watches fails with ENOSYS");
+    }
 
     let listener = NotifyListener::new(cfg.monitor.listener.to_string_lossy(), LISTENER_METADATA)
         .context("monitor.listener cannot be used as a seccomp listenerPath")?;
@@ -107,7 +142,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let coverage_errors = Arc::new(AtomicU64::new(0));
         let admin_listener = crate::admin::bind(&cfg.admin.socket)?;
-        let status = status_fn(&cfg, registry.clone(), monitor.clone(), plugin.clone(), findings.clone(), coverage_errors.clone());
+        let status = status_fn(&cfg, registry.clone(), monitor.clone(), plugin.clone(), findings.clone(), coverage_errors.clone(), holder_state.clone());
         tokio::spawn(crate::admin::serve(admin_listener, status));
         tokio::spawn(coverage_check(
             registry.clone(),
@@ -133,10 +168,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
         wait_for_termination().await;
         let watched = monitor.watched().len();
-        tracing::warn!(
-            watched_containers = watched,
-            "rce-guard stopping: execs in watched containers fail with ENOSYS until a monitor takes their listener fds again"
-        );
+        if cfg.monitor.holder {
+            tracing::info!(watched_containers = watched, "rce-guard stopping; the fd holder keeps every listener fd, execs wait for the next agent");
+        } else {
+            tracing::warn!(
+                watched_containers = watched,
+                "rce-guard stopping without a holder: execs in watched containers fail with ENOSYS from now on"
+            );
+        }
         anyhow::Ok(())
     })
 }
@@ -151,37 +190,10 @@ async fn wait_for_termination() {
     }
 }
 
-/// What the agent needs to see of the monitor: which containers have listener fds, and its
-/// counters.
-pub trait MonitorView: Send + Sync {
-    /// (container id, listener fds held) for every watched container.
-    fn watched(&self) -> Vec<Watched>;
-    fn stats(&self) -> serde_json::Value;
-}
-
-pub struct Watched {
-    pub container_id: String,
-    pub listener_fds: usize,
-}
-
-fn start_monitor(_cfg: &Config, _judge: Arc<Judge>) -> anyhow::Result<Arc<dyn MonitorView>> {
-    // Wired to crate::monitor once its handle lands.
-    struct Pending;
-    impl MonitorView for Pending {
-        fn watched(&self) -> Vec<Watched> {
-            Vec::new()
-        }
-        fn stats(&self) -> serde_json::Value {
-            serde_json::json!({"state": "not started"})
-        }
-    }
-    Ok(Arc::new(Pending))
-}
-
 /// Every container we asked to monitor must have handed us a listener fd shortly after it
 /// started; if not, its runtime dropped our rule (NRI < 0.10 without the wrapper, a wrapper that
 /// is not installed, ...). Each such container is logged once as an ERROR and counted.
-async fn coverage_check(registry: Arc<Registry>, monitor: Arc<dyn MonitorView>, grace: Duration, errors: Arc<AtomicU64>) {
+async fn coverage_check(registry: Arc<Registry>, monitor: Arc<MonitorHandle>, grace: Duration, errors: Arc<AtomicU64>) {
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -212,11 +224,13 @@ async fn coverage_check(registry: Arc<Registry>, monitor: Arc<dyn MonitorView>, 
 fn status_fn(
     cfg: &Config,
     registry: Arc<Registry>,
-    monitor: Arc<dyn MonitorView>,
+    monitor: Arc<MonitorHandle>,
     plugin: Arc<AgentPlugin>,
     findings: FindingPipeline,
     coverage_errors: Arc<AtomicU64>,
+    holder: Arc<HolderState>,
 ) -> crate::admin::StatusFn {
+    let holder_enabled = cfg.monitor.holder;
     let mode = cfg.monitor.mode.to_string();
     let node = cfg.node_name();
     Arc::new(move || {
@@ -259,6 +273,7 @@ fn status_fn(
             "monitor": monitor.stats(),
             "findings": findings.stats(),
             "coverage_errors": coverage_errors.load(Ordering::Relaxed),
+            "holder": if holder_enabled { serde_json::to_value(holder.snapshot()).unwrap_or_default() } else { serde_json::json!("disabled: an agent restart breaks exec in watched containers") },
             "create_container_latency_us": {"count": n, "p50": p50, "p99": p99, "max": max},
         })
     })

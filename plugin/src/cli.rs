@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// [config: monitor.listener; default /run/rce-guard/monitor.sock].
     #[arg(long)]
     pub listener: Option<PathBuf>,
+    /// Serve the listener socket in this process instead of through rce-guard-holder
+    /// (then an agent restart breaks exec in watched containers) [config: monitor.holder].
+    #[arg(long)]
+    pub no_holder: bool,
+    /// The holder's control socket [config: monitor.holder_socket; default /run/rce-guard/holder.sock].
+    #[arg(long)]
+    pub holder_socket: Option<PathBuf>,
     /// Admin socket for `rce-guard status` [config: admin.socket; default /run/rce-guard/admin.sock].
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,

@@ -96,6 +96,12 @@ pub struct MonitorSection {
     pub listener: PathBuf,
     /// Threads that answer notifications.
     pub workers: usize,
+    /// Keep listener fds in the separate `rce-guard-holder` process, so that a crash, restart
+    /// or upgrade of the agent breaks no exec. Off: the agent serves `listener` itself and its
+    /// death makes every later exec in watched containers fail with ENOSYS.
+    pub holder: bool,
+    /// The holder's control socket.
+    pub holder_socket: PathBuf,
     /// Default action for an exec that matches the rule.
     pub mode: Mode,
     /// Whether the pod annotation `rce-guard.io/mode` may make a pod *less* strict than `mode`.
@@ -108,6 +114,8 @@ impl Default for MonitorSection {
         MonitorSection {
             listener: PathBuf::from("/run/rce-guard/monitor.sock"),
             workers: 2,
+            holder: true,
+            holder_socket: PathBuf::from("/run/rce-guard/holder.sock"),
             mode: Mode::Detect,
             allow_relaxing_by_annotation: false,
         }
@@ -304,6 +312,7 @@ impl Config {
         }
         for (what, p) in [
             ("monitor.listener", &self.monitor.listener),
+            ("monitor.holder_socket", &self.monitor.holder_socket),
             ("admin.socket", &self.admin.socket),
             ("nri.socket", &self.nri.socket),
         ] {
