@@ -158,6 +158,9 @@ mod tests {
         let cases = [
             ("v1.7.0", V0_6),
             ("1.7.24", V0_6),
+            // What Debian's builds actually report.
+            ("1.7.24~ds1", V0_6),
+            ("2.1.9+unknown", V0_8),
             ("v1.7.25", V0_6),
             ("v1.7.26", V0_8),
             ("v1.7.29", V0_8),
