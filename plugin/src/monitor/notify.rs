@@ -278,26 +278,46 @@ impl Engine {
         }
     }
 
-    /// Send the kernel our answer; in kill mode, SIGKILL the caller afterwards.
+    /// Send the kernel our answer. In kill mode the SIGKILL goes first: the caller, blocked in
+    /// the syscall, then never runs another instruction (an EPERM first would let it return
+    /// to user space, print, exit or fork before the signal lands). The EPERM still follows,
+    /// so the exec is denied even if the kill failed.
     fn answer(&self, l: &Listener, id: u64, action: Action, pidfd: Option<BorrowedFd<'_>>) {
+        let killed = match (action, pidfd) {
+            (Action::Kill, Some(p)) => match sys::pidfd_kill(p) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(container_id = %l.container.container_id, error = %e, "kill mode: cannot SIGKILL the caller; denying only");
+                    false
+                }
+            },
+            (Action::Kill, None) => {
+                tracing::warn!(container_id = %l.container.container_id, "kill mode: caller not visible; denying only");
+                false
+            }
+            _ => false,
+        };
         let reply = match action {
             Action::Allow => Reply::Continue,
             Action::Deny | Action::Kill => Reply::Fail(libc::EPERM),
         };
-        self.send(l, id, reply);
+        match sys::notif_send(l.fd.as_fd(), id, reply) {
+            Ok(()) => {}
+            // Killed callers leave at once; only count the unexpected departures.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if !killed {
+                    bump(&self.counters.vanished)
+                }
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %l.container.container_id, error = %e, "NOTIF_SEND failed");
+                bump(&self.counters.listener_errors);
+            }
+        }
         match action {
             Action::Allow => bump(&self.counters.allowed),
-            Action::Deny => bump(&self.counters.denied),
-            Action::Kill => match pidfd.map(sys::pidfd_kill) {
-                Some(Ok(())) => bump(&self.counters.killed),
-                Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    bump(&self.counters.killed)
-                }
-                other => {
-                    tracing::warn!(container_id = %l.container.container_id, error = ?other.map(|r| r.err()), "kill mode: caller denied but not killed");
-                    bump(&self.counters.denied);
-                }
-            },
+            Action::Kill if killed => bump(&self.counters.killed),
+            Action::Deny | Action::Kill => bump(&self.counters.denied),
         }
     }
 
