@@ -349,10 +349,11 @@ pub fn build(
         .first()
         .map(|c| format!(" from {}:{}", c.destination_ip, c.destination_port))
         .unwrap_or_default();
+    let words = shell_words(&args);
     let message = format!(
-        "{CATEGORY}: {} {} in pod {}/{} container {}{remote} [{action}]",
+        "{CATEGORY}: {}{}{words} in pod {}/{} container {}{remote} [{action}]",
         ev.program,
-        shell_words(&args),
+        if words.is_empty() { "" } else { " " },
         id.pod_namespace,
         id.pod_name,
         id.container_name,
