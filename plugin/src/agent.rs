@@ -3,8 +3,8 @@
 //! NRI stub (tokio) -> registry <- judge <- monitor threads (seccomp notify) -> finding
 //! pipeline thread -> sinks; plus the admin socket and the coverage check.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -94,14 +94,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // With the holder, runc hands fds to the holder, which forwards them to us; without it we
     // serve the listener socket ourselves.
     let monitor_cfg = MonitorConfig {
-        listener_path: if cfg.monitor.holder { PathBuf::new() } else { cfg.monitor.listener.clone() },
+        listener_path: if cfg.monitor.holder {
+            PathBuf::new()
+        } else {
+            cfg.monitor.listener.clone()
+        },
         workers: cfg.monitor.workers,
         ..MonitorConfig::default()
     };
-    let monitor = Arc::new(
-        monitor::start(monitor_cfg, judge)
-            .with_context(|| format!("cannot start the monitor on {}", cfg.monitor.listener.display()))?,
-    );
+    let monitor = Arc::new(monitor::start(monitor_cfg, judge).with_context(|| {
+        format!(
+            "cannot start the monitor on {}",
+            cfg.monitor.listener.display()
+        )
+    })?);
     let holder_state = Arc::new(HolderState::default());
     if cfg.monitor.holder {
         let paths = HolderPaths {
@@ -121,7 +127,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let listener = NotifyListener::new(cfg.monitor.listener.to_string_lossy(), LISTENER_METADATA)
         .context("monitor.listener cannot be used as a seccomp listenerPath")?;
-    let plugin = Arc::new(AgentPlugin::new(registry.clone(), cfg.injection.clone(), listener));
+    let plugin = Arc::new(AgentPlugin::new(
+        registry.clone(),
+        cfg.injection.clone(),
+        listener,
+    ));
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -193,18 +203,28 @@ async fn wait_for_termination() {
 /// Every container we asked to monitor must have handed us a listener fd shortly after it
 /// started; if not, its runtime dropped our rule (NRI < 0.10 without the wrapper, a wrapper that
 /// is not installed, ...). Each such container is logged once as an ERROR and counted.
-async fn coverage_check(registry: Arc<Registry>, monitor: Arc<MonitorHandle>, grace: Duration, errors: Arc<AtomicU64>) {
+async fn coverage_check(
+    registry: Arc<Registry>,
+    monitor: Arc<MonitorHandle>,
+    grace: Duration,
+    errors: Arc<AtomicU64>,
+) {
     let mut reported = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let watched: std::collections::HashSet<String> = monitor.watched().into_iter().map(|w| w.container_id).collect();
+        let watched: std::collections::HashSet<String> = monitor
+            .watched()
+            .into_iter()
+            .map(|w| w.container_id)
+            .collect();
         let now = SystemTime::now();
         for c in registry.containers() {
             let id = &c.identity.container_id;
             let overdue = c.state == ContainerState::Running
                 && c.injection == Injection::Requested
-                && c.started_at.is_some_and(|t| now.duration_since(t).unwrap_or_default() > grace);
+                && c.started_at
+                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() > grace);
             if overdue && !watched.contains(id) && reported.insert(id.clone()) {
                 errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
@@ -234,8 +254,11 @@ fn status_fn(
     let mode = cfg.monitor.mode.to_string();
     let node = cfg.node_name();
     Arc::new(move || {
-        let watched: std::collections::HashMap<String, usize> =
-            monitor.watched().into_iter().map(|w| (w.container_id, w.listener_fds)).collect();
+        let watched: std::collections::HashMap<String, usize> = monitor
+            .watched()
+            .into_iter()
+            .map(|w| (w.container_id, w.listener_fds))
+            .collect();
         let containers: Vec<serde_json::Value> = registry
             .containers()
             .into_iter()
@@ -243,8 +266,12 @@ fn status_fn(
                 let fds = watched.get(&c.identity.container_id).copied().unwrap_or(0);
                 let note = match &c.injection {
                     Injection::Skipped(r) => r.clone(),
-                    Injection::NotDecided if fds == 0 => "created before the agent: cannot be injected after the fact".into(),
-                    Injection::Requested if fds == 0 && c.state == ContainerState::Running => "listener fd missing".into(),
+                    Injection::NotDecided if fds == 0 => {
+                        "created before the agent: cannot be injected after the fact".into()
+                    }
+                    Injection::Requested if fds == 0 && c.state == ContainerState::Running => {
+                        "listener fd missing".into()
+                    }
                     _ => String::new(),
                 };
                 serde_json::json!({

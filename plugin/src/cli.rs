@@ -111,8 +111,20 @@ mod tests {
 
     #[test]
     fn run_flags_parse() {
-        let cli = Cli::try_parse_from(["rce-guard", "run", "--mode", "block", "--log-format", "json", "--listener", "/tmp/x.sock"]).unwrap();
-        let Command::Run(a) = cli.command else { panic!("not run") };
+        let cli = Cli::try_parse_from([
+            "rce-guard",
+            "run",
+            "--mode",
+            "block",
+            "--log-format",
+            "json",
+            "--listener",
+            "/tmp/x.sock",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(a.mode, Some(Mode::Block));
         assert_eq!(a.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["rce-guard", "run", "--mode", "audit"]).is_err());

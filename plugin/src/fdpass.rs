@@ -22,7 +22,11 @@ pub struct Received {
     pub truncated: bool,
 }
 
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<Received> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
@@ -37,21 +41,42 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
             fds.extend(rights);
         }
     }
-    let truncated = msg.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
-    Ok(Received { len: msg.bytes, fds, truncated })
+    let truncated = msg
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC);
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        truncated,
+    })
 }
 
 /// Sends `bytes` with `fds` attached in one `sendmsg`.
-pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for one message",
+        ));
     }
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "fds do not fit the control buffer"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fds do not fit the control buffer",
+        ));
     }
-    Ok(sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)?)
+    Ok(sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
 }
 
 /// The uid of the process at the other end of a unix socket.
@@ -61,7 +86,10 @@ pub fn peer_uid(sock: impl AsFd) -> io::Result<u32> {
 
 /// The pid of the process at the other end of a unix socket.
 pub fn peer_pid(sock: impl AsFd) -> io::Result<i32> {
-    Ok(rustix::net::sockopt::socket_peercred(sock)?.pid.as_raw_nonzero().get())
+    Ok(rustix::net::sockopt::socket_peercred(sock)?
+        .pid
+        .as_raw_nonzero()
+        .get())
 }
 
 #[cfg(test)]
@@ -88,7 +116,10 @@ mod tests {
         let mut s = String::new();
         pr.read_to_string(&mut s).unwrap();
         assert_eq!(s, "x");
-        assert_eq!(peer_uid(&a).unwrap(), nix::unistd::Uid::effective().as_raw());
+        assert_eq!(
+            peer_uid(&a).unwrap(),
+            nix::unistd::Uid::effective().as_raw()
+        );
     }
 
     #[test]

@@ -66,14 +66,21 @@ fn holder_binary() -> PathBuf {
 fn spawn_holder(paths: &HolderPaths) -> anyhow::Result<()> {
     let bin = holder_binary();
     let mut cmd = std::process::Command::new(&bin);
-    cmd.arg("--listener").arg(&paths.listener).arg("--control").arg(&paths.control);
+    cmd.arg("--listener")
+        .arg(&paths.listener)
+        .arg("--control")
+        .arg(&paths.control);
     if paths.json_logs {
         cmd.arg("--log-json");
     }
     use std::os::unix::process::CommandExt;
     // Its own process group: a signal meant for the agent's group does not reach it.
-    cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-    let child = cmd.spawn().with_context(|| format!("cannot start the fd holder {}", bin.display()))?;
+    cmd.process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the fd holder {}", bin.display()))?;
     tracing::info!(pid = child.id(), binary = %bin.display(), "started the fd holder");
     // Reap it if it ever exits while we live, so it does not linger as a zombie.
     std::thread::spawn(move || {
@@ -103,8 +110,12 @@ pub fn connect_or_spawn(paths: &HolderPaths) -> anyhow::Result<HolderLink> {
         return Ok(link);
     }
     spawn_holder(paths)?;
-    connect_with_retry(&paths.control, Duration::from_secs(5))
-        .with_context(|| format!("the fd holder did not open {} within 5 s", paths.control.display()))
+    connect_with_retry(&paths.control, Duration::from_secs(5)).with_context(|| {
+        format!(
+            "the fd holder did not open {} within 5 s",
+            paths.control.display()
+        )
+    })
 }
 
 /// An entry we adopted: kept (payload + a copy of the fd) so that a new holder can be given
@@ -115,13 +126,24 @@ struct Kept {
 }
 
 fn hung_up(fd: BorrowedFd<'_>) -> bool {
-    let mut p = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::empty())];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::empty(),
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     matches!(rustix::event::poll(&mut p, Some(&zero)), Ok(n) if n > 0)
 }
 
 /// Runs the link until the process ends: adopts entries, handles replacement and holder loss.
-pub fn run(mut link: HolderLink, paths: HolderPaths, monitor: Arc<MonitorHandle>, state: Arc<HolderState>) {
+pub fn run(
+    mut link: HolderLink,
+    paths: HolderPaths,
+    monitor: Arc<MonitorHandle>,
+    state: Arc<HolderState>,
+) {
     let mut kept: HashMap<u64, Kept> = HashMap::new();
     let mut first_sync = true;
     state.connected.store(true, Ordering::Relaxed);
@@ -151,7 +173,11 @@ pub fn run(mut link: HolderLink, paths: HolderPaths, monitor: Arc<MonitorHandle>
                 }
             }
             HolderEvent::SyncDone { entries } => {
-                tracing::info!(entries, adopted_total = kept.len(), "synchronized with the fd holder");
+                tracing::info!(
+                    entries,
+                    adopted_total = kept.len(),
+                    "synchronized with the fd holder"
+                );
                 if first_sync {
                     first_sync = false;
                     recover_in_background(monitor.clone(), state.clone());
@@ -184,10 +210,15 @@ pub fn run(mut link: HolderLink, paths: HolderPaths, monitor: Arc<MonitorHandle>
                         for (id, k) in &kept {
                             match link.adopt(*id, &[k.fd.as_fd()], &k.payload) {
                                 Ok(()) => given += 1,
-                                Err(e) => tracing::error!(error = %e, entry = id, "cannot give a listener fd to the new holder"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, entry = id, "cannot give a listener fd to the new holder")
+                                }
                             }
                         }
-                        tracing::warn!(given, "new fd holder running; listener fds handed back to it");
+                        tracing::warn!(
+                            given,
+                            "new fd holder running; listener fds handed back to it"
+                        );
                         state.connected.store(true, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -216,11 +247,21 @@ fn recover_in_background(monitor: Arc<MonitorHandle>, state: Arc<HolderState>) {
     std::thread::spawn(move || {
         for delay in [Duration::ZERO, Duration::from_secs(2)] {
             std::thread::sleep(delay);
-            let inits: Vec<i32> = monitor.watched().iter().map(|w| w.init_pid).filter(|p| *p > 0).collect();
+            let inits: Vec<i32> = monitor
+                .watched()
+                .iter()
+                .map(|w| w.init_pid)
+                .filter(|p| *p > 0)
+                .collect();
             let kicked = crate::recovery::recover_unanswered_execs(&inits);
-            state.recovered_execs.fetch_add(kicked as u64, Ordering::Relaxed);
+            state
+                .recovered_execs
+                .fetch_add(kicked as u64, Ordering::Relaxed);
             if kicked > 0 {
-                tracing::info!(kicked, "woke tasks waiting in exec so that their execs are judged again");
+                tracing::info!(
+                    kicked,
+                    "woke tasks waiting in exec so that their execs are judged again"
+                );
             }
         }
     });

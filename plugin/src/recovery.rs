@@ -23,7 +23,9 @@ const EXEC_SYSCALL_NUMBERS: &[i64] = &[59, 322, 11, 358, 0x4000_0000 + 520, 0x40
 
 /// The pid namespace of a process, as the inode link text (`pid:[4026531836]`).
 fn pid_ns(pid: i32) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok().map(|p| p.to_string_lossy().into_owned())
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// The syscall a task is blocked in, from /proc/<pid>/task/<tid>/syscall ("59 0x..." or
@@ -40,15 +42,28 @@ pub fn tasks_in_exec(init_pids: &[i32]) -> Vec<i32> {
         return Vec::new();
     }
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if !pid_ns(pid).is_some_and(|ns| namespaces.contains(&ns)) {
             continue;
         }
-        let Ok(tasks) = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")) else { continue };
+        let Ok(tasks) = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task"))
+        else {
+            continue;
+        };
         for t in tasks.flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             if blocked_syscall(pid, tid).is_some_and(|nr| EXEC_SYSCALL_NUMBERS.contains(&nr)) {
                 found.push(tid);
             }
@@ -66,12 +81,16 @@ pub fn kick(tid: i32) -> nix::Result<bool> {
     let deadline = Instant::now() + Duration::from_millis(500);
     loop {
         match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
             Ok(WaitStatus::StillAlive) => {
                 // Not stopped in time (uninterruptible sleep): our exit detaches it anyway.
                 return Ok(false);
             }
-            Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) | Ok(WaitStatus::PtraceSyscall(..)) => {
+            Ok(WaitStatus::PtraceEvent(..))
+            | Ok(WaitStatus::Stopped(..))
+            | Ok(WaitStatus::PtraceSyscall(..)) => {
                 ptrace::detach(pid, None)?;
                 return Ok(true);
             }
@@ -119,13 +138,22 @@ mod tests {
             assert!(Instant::now() < deadline, "shell never blocked in read");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(kick(pid), Ok(true), "the blocked task was stopped and released");
+        assert_eq!(
+            kick(pid),
+            Ok(true),
+            "the blocked task was stopped and released"
+        );
         // Still (again) blocked in read, not gone.
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(blocked_syscall(pid, pid), Some(0));
         child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(out.trim(), "got:hello");
     }

@@ -12,7 +12,10 @@ pub fn decide(cfg: &InjectionConfig, pod: &PodEntry, is_sandbox: bool) -> Inject
         return Injection::Skipped("pod sandbox (pause) container".into());
     }
     if !cfg.agent_pod_labels.is_empty()
-        && cfg.agent_pod_labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        && cfg
+            .agent_pod_labels
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
     {
         return Injection::Skipped("the agent's own pod".into());
     }
@@ -37,22 +40,44 @@ mod tests {
     use super::*;
 
     fn pod(ns: &str) -> PodEntry {
-        PodEntry { namespace: ns.into(), name: "p".into(), ..Default::default() }
+        PodEntry {
+            namespace: ns.into(),
+            name: "p".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn decisions_and_reasons() {
-        let cfg = InjectionConfig { exclude_namespaces: vec!["kube-system".into()], ..Default::default() };
+        let cfg = InjectionConfig {
+            exclude_namespaces: vec!["kube-system".into()],
+            ..Default::default()
+        };
         assert_eq!(decide(&cfg, &pod("app"), false), Injection::Requested);
-        assert!(matches!(decide(&cfg, &pod("app"), true), Injection::Skipped(r) if r.contains("sandbox")));
-        assert!(matches!(decide(&cfg, &pod("kube-system"), false), Injection::Skipped(r) if r.contains("excluded")));
+        assert!(
+            matches!(decide(&cfg, &pod("app"), true), Injection::Skipped(r) if r.contains("sandbox"))
+        );
+        assert!(
+            matches!(decide(&cfg, &pod("kube-system"), false), Injection::Skipped(r) if r.contains("excluded"))
+        );
         let mut agent = pod("rce-guard");
-        agent.labels.insert("app.kubernetes.io/name".into(), "rce-guard".into());
-        assert!(matches!(decide(&cfg, &agent, false), Injection::Skipped(r) if r.contains("own pod")));
+        agent
+            .labels
+            .insert("app.kubernetes.io/name".into(), "rce-guard".into());
+        assert!(
+            matches!(decide(&cfg, &agent, false), Injection::Skipped(r) if r.contains("own pod"))
+        );
         let mut opt_out = pod("app");
-        opt_out.annotations.insert(MONITOR_ANNOTATION.into(), "false".into());
-        assert!(matches!(decide(&cfg, &opt_out, false), Injection::Skipped(r) if r.contains("opted out")));
-        let strict = InjectionConfig { allow_opt_out: false, ..cfg };
+        opt_out
+            .annotations
+            .insert(MONITOR_ANNOTATION.into(), "false".into());
+        assert!(
+            matches!(decide(&cfg, &opt_out, false), Injection::Skipped(r) if r.contains("opted out"))
+        );
+        let strict = InjectionConfig {
+            allow_opt_out: false,
+            ..cfg
+        };
         assert_eq!(decide(&strict, &opt_out, false), Injection::Requested);
     }
 }

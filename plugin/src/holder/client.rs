@@ -10,7 +10,11 @@ use super::wire::Kind;
 /// What the holder tells a judge.
 pub enum HolderEvent {
     /// A listener handover: runc's fds and raw payload, under the holder's entry id.
-    Entry { id: u64, fds: Vec<OwnedFd>, payload: Vec<u8> },
+    Entry {
+        id: u64,
+        fds: Vec<OwnedFd>,
+        payload: Vec<u8>,
+    },
     /// Every entry held at connect time has been sent.
     SyncDone { entries: u64 },
     /// Another judge connected: stop judging.
@@ -34,15 +38,30 @@ impl HolderLink {
     /// Blocks for the next event.
     pub fn next_event(&self) -> io::Result<HolderEvent> {
         loop {
-            let Some(m) = recv(self.conn.as_fd(), false)? else { return Ok(HolderEvent::Closed) };
+            let Some(m) = recv(self.conn.as_fd(), false)? else {
+                return Ok(HolderEvent::Closed);
+            };
             match m.kind {
-                Kind::Entry if !m.fds.is_empty() => return Ok(HolderEvent::Entry { id: m.entry, fds: m.fds, payload: m.payload }),
+                Kind::Entry if !m.fds.is_empty() => {
+                    return Ok(HolderEvent::Entry {
+                        id: m.entry,
+                        fds: m.fds,
+                        payload: m.payload,
+                    })
+                }
                 Kind::SyncDone => {
-                    let entries = m.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                    let entries = m
+                        .payload
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
                     return Ok(HolderEvent::SyncDone { entries });
                 }
                 Kind::Replaced => return Ok(HolderEvent::Replaced),
-                other => tracing::warn!(kind = ?other, "unexpected message from the holder; ignored"),
+                other => {
+                    tracing::warn!(kind = ?other, "unexpected message from the holder; ignored")
+                }
             }
         }
     }

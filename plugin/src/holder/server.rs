@@ -82,7 +82,12 @@ pub struct Holder {
 
 fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
     crate::fsutil::prepare_socket_path(path)?;
-    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
     rustix::net::listen(&fd, 64)?;
     Ok(fd)
@@ -90,22 +95,42 @@ fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
 
 /// Connects to a holder's control socket.
 pub fn connect_control(path: &Path) -> io::Result<OwnedFd> {
-    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
     rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
     Ok(fd)
 }
 
 fn set_send_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()> {
-    Ok(rustix::net::sockopt::set_socket_timeout(fd, rustix::net::sockopt::Timeout::Send, Some(t))?)
+    Ok(rustix::net::sockopt::set_socket_timeout(
+        fd,
+        rustix::net::sockopt::Timeout::Send,
+        Some(t),
+    )?)
 }
 
 fn set_recv_timeout(fd: BorrowedFd<'_>, t: Duration) -> io::Result<()> {
-    Ok(rustix::net::sockopt::set_socket_timeout(fd, rustix::net::sockopt::Timeout::Recv, Some(t))?)
+    Ok(rustix::net::sockopt::set_socket_timeout(
+        fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(t),
+    )?)
 }
 
 /// Sends one message with fds.
-pub fn send(sock: BorrowedFd<'_>, kind: Kind, entry: u64, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let bytes = wire::encode(kind, entry, payload, fds.len()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+pub fn send(
+    sock: BorrowedFd<'_>,
+    kind: Kind,
+    entry: u64,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let bytes = wire::encode(kind, entry, payload, fds.len())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     send_with_fds(sock, &bytes, fds)?;
     Ok(())
 }
@@ -125,13 +150,21 @@ pub fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> io::Result<Option<Owned>
     if r.len == 0 && r.fds.is_empty() {
         return Ok(None);
     }
-    let m = wire::decode(&buf[..r.len], r.fds.len(), r.truncated).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(Some(Owned { kind: m.kind, entry: m.entry, payload: m.payload.to_vec(), fds: r.fds }))
+    let m = wire::decode(&buf[..r.len], r.fds.len(), r.truncated)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some(Owned {
+        kind: m.kind,
+        entry: m.entry,
+        payload: m.payload.to_vec(),
+        fds: r.fds,
+    }))
 }
 
 fn initial_entry_id() -> u64 {
     // Ids must not collide with those a judge still knows from an earlier holder.
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     (t.as_nanos() as u64) << 8
 }
 
@@ -163,32 +196,48 @@ impl Holder {
 
     /// Successor side of an upgrade: ask the running holder for its sockets and entries.
     fn take_over(cfg: HolderConfig, conn: OwnedFd) -> Result<Holder, HolderError> {
-        let fail = |reason: String| HolderError::Takeover { path: cfg.control.clone(), reason };
+        let fail = |reason: String| HolderError::Takeover {
+            path: cfg.control.clone(),
+            reason,
+        };
         set_recv_timeout(conn.as_fd(), Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?;
         send(conn.as_fd(), Kind::Takeover, 0, &[], &[]).map_err(|e| fail(e.to_string()))?;
         let mut listeners = None;
         let mut entries = BTreeMap::new();
         let mut next_id = initial_entry_id();
         loop {
-            let m = recv(conn.as_fd(), false).map_err(|e| fail(e.to_string()))?.ok_or_else(|| fail("the running holder closed the connection".into()))?;
+            let m = recv(conn.as_fd(), false)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| fail("the running holder closed the connection".into()))?;
             match m.kind {
                 Kind::Listeners if m.fds.len() == 2 => listeners = Some(m.fds),
                 Kind::Entry if !m.fds.is_empty() => {
                     next_id = next_id.max(m.entry + 1);
-                    entries.insert(m.entry, Entry { fds: m.fds, payload: m.payload });
+                    entries.insert(
+                        m.entry,
+                        Entry {
+                            fds: m.fds,
+                            payload: m.payload,
+                        },
+                    );
                 }
                 Kind::SyncDone => break,
                 other => return Err(fail(format!("unexpected {other:?} during takeover"))),
             }
         }
-        let mut fds = listeners.ok_or_else(|| fail("no listening sockets received".into()))?.into_iter();
+        let mut fds = listeners
+            .ok_or_else(|| fail("no listening sockets received".into()))?
+            .into_iter();
         let (runc, control) = match (fds.next(), fds.next()) {
             (Some(r), Some(c)) => (r, c),
             _ => return Err(fail("no listening sockets received".into())),
         };
         // Tell the old holder we have everything; it exits after this.
         send(conn.as_fd(), Kind::SyncDone, 0, &[], &[]).map_err(|e| fail(e.to_string()))?;
-        tracing::info!(entries = entries.len(), "took over listener sockets and fds from the previous holder");
+        tracing::info!(
+            entries = entries.len(),
+            "took over listener sockets and fds from the previous holder"
+        );
         Ok(Holder {
             cfg,
             runc_listener: UnixListener::from(runc),
@@ -207,7 +256,9 @@ impl Holder {
 
     /// Runs until a successor has taken everything over.
     pub fn run(mut self) -> Result<(), HolderError> {
-        self.runc_listener.set_nonblocking(true).map_err(HolderError::Poll)?;
+        self.runc_listener
+            .set_nonblocking(true)
+            .map_err(HolderError::Poll)?;
         tracing::info!(
             listener = %self.cfg.listener.display(),
             control = %self.cfg.control.display(),
@@ -235,7 +286,9 @@ impl Holder {
             .min(max_wait);
         let entry_ids: Vec<u64> = self.entries.keys().copied().collect();
         let (ready, hup_entries) = {
-            let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(3 + self.handovers.len() + self.newcomers.len() + self.entries.len());
+            let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(
+                3 + self.handovers.len() + self.newcomers.len() + self.entries.len(),
+            );
             pfds.push(PollFd::new(&self.runc_listener, PollFlags::IN));
             pfds.push(PollFd::new(&self.control_listener, PollFlags::IN));
             if let Some(j) = &self.judge {
@@ -251,7 +304,11 @@ impl Holder {
             for e in self.entries.values() {
                 pfds.push(PollFd::new(&e.fds[0], PollFlags::empty()));
             }
-            let timeout = rustix::event::Timespec::try_from(nearest).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 });
+            let timeout =
+                rustix::event::Timespec::try_from(nearest).unwrap_or(rustix::event::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                });
             match poll(&mut pfds, Some(&timeout)) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => return Ok(false),
@@ -262,7 +319,11 @@ impl Holder {
             let hups: Vec<u64> = entry_ids
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| pfds[base + i].revents().intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL))
+                .filter(|(i, _)| {
+                    pfds[base + i]
+                        .revents()
+                        .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+                })
                 .map(|(_, id)| *id)
                 .collect();
             (ready, hups)
@@ -270,7 +331,11 @@ impl Holder {
 
         for id in hup_entries {
             self.entries.remove(&id);
-            tracing::debug!(entry = id, held = self.entries.len(), "listener fd hung up (its container is gone); dropped");
+            tracing::debug!(
+                entry = id,
+                held = self.entries.len(),
+                "listener fd hung up (its container is gone); dropped"
+            );
         }
         let mut i = 2;
         let judge_ready = if self.judge.is_some() {
@@ -312,13 +377,21 @@ impl Holder {
                         }
                     }
                     if self.entries.len() + self.handovers.len() >= self.cfg.max_entries {
-                        tracing::error!(max_entries = self.cfg.max_entries, "holder is full; handover refused (the container's creation fails)");
+                        tracing::error!(
+                            max_entries = self.cfg.max_entries,
+                            "holder is full; handover refused (the container's creation fails)"
+                        );
                         continue;
                     }
                     if sock.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    self.handovers.push(Handover { sock, buf: Vec::new(), fds: Vec::new(), deadline: Instant::now() + self.cfg.handover_timeout });
+                    self.handovers.push(Handover {
+                        sock,
+                        buf: Vec::new(),
+                        fds: Vec::new(),
+                        deadline: Instant::now() + self.cfg.handover_timeout,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -351,8 +424,14 @@ impl Holder {
                     Ok(r) => {
                         h.fds.extend(r.fds);
                         h.buf.extend_from_slice(&chunk[..r.len]);
-                        if h.buf.len() > MAX_PAYLOAD || h.fds.len() > crate::fdpass::MAX_FDS_PER_MESSAGE {
-                            tracing::warn!(bytes = h.buf.len(), fds = h.fds.len(), "listener handover too large; dropped");
+                        if h.buf.len() > MAX_PAYLOAD
+                            || h.fds.len() > crate::fdpass::MAX_FDS_PER_MESSAGE
+                        {
+                            tracing::warn!(
+                                bytes = h.buf.len(),
+                                fds = h.fds.len(),
+                                "listener handover too large; dropped"
+                            );
                             done.push((idx, false));
                             break;
                         }
@@ -372,13 +451,22 @@ impl Holder {
                 continue;
             }
             if h.fds.is_empty() {
-                tracing::warn!(bytes = h.buf.len(), "listener handover without an fd; dropped");
+                tracing::warn!(
+                    bytes = h.buf.len(),
+                    "listener handover without an fd; dropped"
+                );
                 continue;
             }
             let id = self.next_id;
             self.next_id += 1;
             self.forward(id, &h.fds, &h.buf);
-            self.entries.insert(id, Entry { fds: h.fds, payload: h.buf });
+            self.entries.insert(
+                id,
+                Entry {
+                    fds: h.fds,
+                    payload: h.buf,
+                },
+            );
         }
     }
 
@@ -396,9 +484,13 @@ impl Holder {
     fn accept_control(&mut self) {
         match rustix::net::accept_with(&self.control_listener, SocketFlags::CLOEXEC) {
             Ok(conn) => match peer_uid(&conn) {
-                Ok(0) => self.newcomers.push((conn, Instant::now() + Duration::from_secs(5))),
+                Ok(0) => self
+                    .newcomers
+                    .push((conn, Instant::now() + Duration::from_secs(5))),
                 Ok(uid) => tracing::warn!(uid, "refused a control connection from a non-root peer"),
-                Err(e) => tracing::warn!(error = %e, "cannot check a control peer's credentials; refused"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check a control peer's credentials; refused")
+                }
             },
             Err(e) => tracing::warn!(error = %e, "accept on the control socket failed"),
         }
@@ -410,11 +502,19 @@ impl Holder {
             match recv(judge.as_fd(), true) {
                 Ok(Some(m)) if m.kind == Kind::Adopt && !m.fds.is_empty() => {
                     self.next_id = self.next_id.max(m.entry + 1);
-                    self.entries.entry(m.entry).or_insert(Entry { fds: m.fds, payload: m.payload });
+                    self.entries.entry(m.entry).or_insert(Entry {
+                        fds: m.fds,
+                        payload: m.payload,
+                    });
                 }
-                Ok(Some(m)) => tracing::warn!(kind = ?m.kind, "unexpected message from the judge; ignored"),
+                Ok(Some(m)) => {
+                    tracing::warn!(kind = ?m.kind, "unexpected message from the judge; ignored")
+                }
                 Ok(None) => {
-                    tracing::warn!(held = self.entries.len(), "judge disconnected; holding every listener fd until a judge comes back");
+                    tracing::warn!(
+                        held = self.entries.len(),
+                        "judge disconnected; holding every listener fd until a judge comes back"
+                    );
                     self.judge = None;
                     return;
                 }
@@ -452,7 +552,9 @@ impl Holder {
                         return Ok(true);
                     }
                 }
-                Ok(Some(m)) => tracing::warn!(kind = ?m.kind, "unexpected first message on the control socket"),
+                Ok(Some(m)) => {
+                    tracing::warn!(kind = ?m.kind, "unexpected first message on the control socket")
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "bad first message on the control socket"),
             }
@@ -474,7 +576,12 @@ impl Holder {
             if self.judge.is_none() {
                 return;
             }
-            let fds: Vec<OwnedFd> = match self.entries[&id].fds.iter().map(|f| f.try_clone()).collect() {
+            let fds: Vec<OwnedFd> = match self.entries[&id]
+                .fds
+                .iter()
+                .map(|f| f.try_clone())
+                .collect()
+            {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot duplicate a held fd");
@@ -506,7 +613,13 @@ impl Holder {
         let result = (|| -> io::Result<()> {
             set_send_timeout(conn.as_fd(), Duration::from_secs(5))?;
             set_recv_timeout(conn.as_fd(), Duration::from_secs(30))?;
-            send(conn.as_fd(), Kind::Listeners, 0, &[], &[self.runc_listener.as_fd(), self.control_listener.as_fd()])?;
+            send(
+                conn.as_fd(),
+                Kind::Listeners,
+                0,
+                &[],
+                &[self.runc_listener.as_fd(), self.control_listener.as_fd()],
+            )?;
             for (id, e) in &self.entries {
                 let fds: Vec<BorrowedFd<'_>> = e.fds.iter().map(|f| f.as_fd()).collect();
                 send(conn.as_fd(), Kind::Entry, *id, &e.payload, &fds)?;
@@ -519,7 +632,10 @@ impl Holder {
         })();
         match result {
             Ok(()) => {
-                tracing::info!(entries = self.entries.len(), "handed everything over to the successor holder; exiting");
+                tracing::info!(
+                    entries = self.entries.len(),
+                    "handed everything over to the successor holder; exiting"
+                );
                 true
             }
             Err(e) => {

@@ -109,7 +109,9 @@ pub fn decode(packet: &[u8], nfds: usize, truncated: bool) -> Result<Message<'_>
         return Err(WireError::Short(packet.len()));
     }
     let be16 = |o: usize| u16::from_be_bytes([packet[o], packet[o + 1]]);
-    let be32 = |o: usize| u32::from_be_bytes([packet[o], packet[o + 1], packet[o + 2], packet[o + 3]]) as usize;
+    let be32 = |o: usize| {
+        u32::from_be_bytes([packet[o], packet[o + 1], packet[o + 2], packet[o + 3]]) as usize
+    };
     let magic = [packet[0], packet[1], packet[2], packet[3]];
     if magic != MAGIC {
         return Err(WireError::Magic(magic));
@@ -126,12 +128,22 @@ pub fn decode(packet: &[u8], nfds: usize, truncated: bool) -> Result<Message<'_>
     }
     let payload = &packet[HEADER_LEN..];
     if declared != payload.len() {
-        return Err(WireError::Length { declared, actual: payload.len() });
+        return Err(WireError::Length {
+            declared,
+            actual: payload.len(),
+        });
     }
     if be32(20) != nfds {
-        return Err(WireError::Fds { declared: be32(20), actual: nfds });
+        return Err(WireError::Fds {
+            declared: be32(20),
+            actual: nfds,
+        });
     }
-    Ok(Message { kind, entry: u64::from_be_bytes(id), payload })
+    Ok(Message {
+        kind,
+        entry: u64::from_be_bytes(id),
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +154,14 @@ mod tests {
     fn round_trip() {
         let p = encode(Kind::Entry, 42, b"{\"x\":1}", 1).unwrap();
         let m = decode(&p, 1, false).unwrap();
-        assert_eq!(m, Message { kind: Kind::Entry, entry: 42, payload: b"{\"x\":1}" });
+        assert_eq!(
+            m,
+            Message {
+                kind: Kind::Entry,
+                entry: 42,
+                payload: b"{\"x\":1}"
+            }
+        );
     }
 
     #[test]
@@ -158,12 +177,27 @@ mod tests {
         let mut m = good.clone();
         m[7] = 99;
         assert_eq!(decode(&m, 0, false), Err(WireError::Kind(99)));
-        assert_eq!(decode(&good[..good.len() - 1], 0, false), Err(WireError::Length { declared: 3, actual: 2 }));
-        assert_eq!(decode(&good, 1, false), Err(WireError::Fds { declared: 0, actual: 1 }));
+        assert_eq!(
+            decode(&good[..good.len() - 1], 0, false),
+            Err(WireError::Length {
+                declared: 3,
+                actual: 2
+            })
+        );
+        assert_eq!(
+            decode(&good, 1, false),
+            Err(WireError::Fds {
+                declared: 0,
+                actual: 1
+            })
+        );
         assert_eq!(decode(&good, 0, true), Err(WireError::Truncated));
         let mut m = good.clone();
         m[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_be_bytes());
-        assert_eq!(decode(&m, 0, false), Err(WireError::TooLarge(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            decode(&m, 0, false),
+            Err(WireError::TooLarge(MAX_PAYLOAD + 1))
+        );
         assert!(encode(Kind::Entry, 1, &vec![0; MAX_PAYLOAD + 1], 1).is_err());
     }
 }
