@@ -120,6 +120,7 @@ pub struct AgentBuilder {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     listener: Option<PathBuf>,
+    holder_socket: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
 }
 
@@ -129,10 +130,13 @@ impl AgentBuilder {
         Self::default()
     }
 
-    /// `rce-guard run` against `cd`'s NRI socket, with the listener and admin sockets in its
-    /// (short) instance directory and JSON logs.
+    /// `rce-guard run` against `cd`'s NRI socket, with the listener, fd-holder and admin
+    /// sockets in its (short) instance directory and JSON logs. Nothing is shared with other
+    /// instances, so tests can run in parallel. The fd holder the agent starts outlives the
+    /// agent (by design); `cd`'s teardown ends it.
     pub fn for_containerd(cd: &Containerd) -> Self {
         let listener = cd.dir().join("listener.sock");
+        let holder = cd.dir().join("holder.sock");
         let admin = cd.dir().join("admin.sock");
         let mut b = Self::new()
             .arg("run")
@@ -140,10 +144,13 @@ impl AgentBuilder {
             .arg(cd.nri_socket())
             .arg("--listener")
             .arg(&listener)
+            .arg("--holder-socket")
+            .arg(&holder)
             .arg("--admin-socket")
             .arg(&admin)
             .args(["--log-format", "json"]);
         b.listener = Some(listener);
+        b.holder_socket = Some(holder);
         b.admin_socket = Some(admin);
         b
     }
@@ -212,6 +219,7 @@ impl AgentBuilder {
             started_at,
             args: self.args,
             listener: self.listener,
+            holder_socket: self.holder_socket,
             admin_socket: self.admin_socket,
         };
         agent
@@ -244,6 +252,7 @@ pub struct Agent {
     started_at: Instant,
     args: Vec<OsString>,
     listener: Option<PathBuf>,
+    holder_socket: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
 }
 
@@ -265,6 +274,11 @@ impl Agent {
     /// The `--listener` socket path, when started with [`AgentBuilder::for_containerd`].
     pub fn listener_path(&self) -> Option<&Path> {
         self.listener.as_deref()
+    }
+
+    /// The `--holder-socket` path, when started with [`AgentBuilder::for_containerd`].
+    pub fn holder_socket_path(&self) -> Option<&Path> {
+        self.holder_socket.as_deref()
     }
 
     /// The `--admin-socket` path, when started with [`AgentBuilder::for_containerd`].

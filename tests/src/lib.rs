@@ -17,18 +17,26 @@
 
 mod agent;
 mod containerd;
+mod create_timing;
 mod cri;
 mod env;
+mod exec_stream;
 mod log_lines;
 mod procfs;
+mod product;
 mod reverse_shell;
 mod wait;
 
 pub use agent::{agent_binary, Agent, AgentBuilder};
 pub use containerd::{Containerd, ContainerdOptions, RuntimeHandler, Version};
+pub use create_timing::{median, percentile, CreateTimings, TimingBundle};
 pub use cri::{ContainerSpec, Cri, ExecResult, Pod, PodSpec, Seccomp};
 pub use env::{e2e_root, require_root, require_setup, BUSYBOX_IMAGE, PAUSE_IMAGE};
+pub use exec_stream::{exec_url, ExecSession, ExecSessionEnd};
 pub use log_lines::{field_str, message, LogLine};
+pub use product::{
+    agent_status, product_binaries, status_entry, AgentConfigFile, CrunWrapper, ProductBinaries,
+};
 pub use reverse_shell::ReverseShellListener;
 pub use wait::wait_until;
 

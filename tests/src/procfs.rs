@@ -11,7 +11,20 @@ use crate::wait::wait_until;
 
 /// Pids of processes whose command line contains `needle` as one whole argument (for example a
 /// shim's `-address <grpc socket>`), excluding ourselves.
+#[cfg(test)]
 pub(crate) fn pids_with_arg(needle: &str) -> Vec<Pid> {
+    pids_where(|arg| arg == needle.as_bytes())
+}
+
+/// Pids of processes with an argument that is a path inside `dir` (`<dir>/...`), excluding
+/// ourselves: everything started for one instance names a file in its directory.
+pub(crate) fn pids_with_arg_under(dir: &Path) -> Vec<Pid> {
+    let mut prefix = dir.as_os_str().as_encoded_bytes().to_vec();
+    prefix.push(b'/');
+    pids_where(|arg| arg.starts_with(&prefix))
+}
+
+fn pids_where(matches: impl Fn(&[u8]) -> bool) -> Vec<Pid> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -22,14 +35,11 @@ pub(crate) fn pids_with_arg(needle: &str) -> Vec<Pid> {
         .filter(|&pid| pid != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmdline| {
-                    cmdline
-                        .split(|&b| b == 0)
-                        .any(|arg| arg == needle.as_bytes())
-                })
+                .map(|cmdline| cmdline.split(|&b| b == 0).any(&matches))
                 .unwrap_or(false)
         })
         .filter_map(|pid| i32::try_from(pid).ok().map(Pid::from_raw))
+        .filter(|&pid| is_alive(pid))
         .collect()
 }
 
@@ -43,6 +53,13 @@ pub(crate) fn is_alive(pid: Pid) -> bool {
             .unwrap_or(false),
         Err(_) => false,
     }
+}
+
+/// The command name of a process (`comm`), for messages.
+pub(crate) fn command_name(pid: Pid) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "?".to_string())
 }
 
 /// Sends SIGKILL to each pid and waits (briefly) until they are gone.
@@ -133,5 +150,28 @@ mod tests {
         let _ = child.wait();
         assert!(!is_alive(pid));
         assert!(pids_with_arg("31.4159").is_empty());
+    }
+
+    #[test]
+    fn finds_processes_by_a_path_argument_under_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.sock");
+        // `sh -c SCRIPT NAME`: the path is an argument that changes nothing (and the script is
+        // not one simple command, so sh does not exec into sleep and lose its arguments).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5; exit 0"])
+            .arg(&file)
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let found = wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
+            Some(pids_with_arg_under(dir.path())).filter(|p| !p.is_empty())
+        });
+        assert_eq!(found, Some(vec![pid]));
+        // A sibling directory that shares the prefix is not "under" it.
+        let sibling = PathBuf::from(format!("{}x", dir.path().display()));
+        assert!(pids_with_arg_under(&sibling).is_empty());
+        kill_and_wait(&[pid]);
+        let _ = child.wait();
     }
 }

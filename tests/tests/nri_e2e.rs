@@ -278,7 +278,8 @@ fn agent_reconnects_and_resyncs_after_containerd_restart(v: Version) {
     );
 
     let mut ids = vec![before];
-    let restarts: [(&str, fn(&mut Containerd) -> anyhow::Result<Instant>); 2] = [
+    type Restart = fn(&mut Containerd) -> anyhow::Result<Instant>;
+    let restarts: [(&str, Restart); 2] = [
         ("graceful restart (SIGTERM)", Containerd::restart),
         ("crash (SIGKILL) and restart", Containerd::crash_and_restart),
     ];

@@ -70,27 +70,43 @@ pub(super) fn kill_leftovers(cd: &Containerd) {
         .filter_map(|b| read_pid(&b.join("init.pid")))
         .filter(|&p| procfs::is_alive(p))
         .collect();
-    let grpc = cd.grpc_socket();
-    let mut shims = procfs::pids_with_arg(&grpc.to_string_lossy());
-    shims.extend(
+    // Shims (`-address <dir>/c.sock`), and whatever else was started with a path in the
+    // instance directory: an agent's fd holder (`--listener <dir>/listener.sock`) outlives the
+    // agent by design, a crashed test may leave its agent.
+    let mut others = procfs::pids_with_arg_under(cd.dir());
+    others.extend(
         bundles
             .iter()
             .filter_map(|b| read_pid(&b.join("shim.pid")))
             .filter(|&p| procfs::is_alive(p)),
     );
-    shims.sort();
-    shims.dedup();
-    if inits.is_empty() && shims.is_empty() {
+    others.sort();
+    others.dedup();
+    if inits.is_empty() && others.is_empty() {
         return;
     }
-    eprintln!(
-        "teardown of containerd {}: killing {} leftover container process(es) and {} shim(s)",
-        cd.version().label(),
-        inits.len(),
-        shims.len()
-    );
+    let describe = |pids: &[Pid]| {
+        pids.iter()
+            .map(|p| format!("{p} {}", procfs::command_name(*p)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // An agent's holder is expected to be there; anything else is worth a word.
+    let unexpected = !inits.is_empty()
+        || others
+            .iter()
+            .any(|&p| !procfs::command_name(p).starts_with("rce-guard-hold"));
+    if unexpected {
+        eprintln!(
+            "teardown of containerd {}: killing leftover container processes [{}] and \
+             processes of the instance [{}]",
+            cd.version().label(),
+            describe(&inits),
+            describe(&others)
+        );
+    }
     procfs::kill_and_wait(&inits);
-    procfs::kill_and_wait(&shims);
+    procfs::kill_and_wait(&others);
     // A killed shim leaves its socket in /run/containerd/s and the OCI runtime's state in
     // /run/containerd/runc/k8s.io (shared by every instance, so only remove our own ids).
     for bundle in &bundles {
