@@ -190,8 +190,11 @@ pub fn run(
             }
             HolderEvent::Closed => {
                 state.connected.store(false, Ordering::Relaxed);
-                // A successor holder takes over the same sockets: give it a moment.
-                if let Some(l) = connect_with_retry(&paths.control, Duration::from_secs(3)) {
+                // After an upgrade the successor already serves the same sockets when the old
+                // holder closes our connection (it exits only once the successor confirmed),
+                // so a connect succeeds at once; after a crash it is refused at once. Wait
+                // only briefly: while no holder runs, runc cannot hand over new fds.
+                if let Some(l) = connect_with_retry(&paths.control, Duration::from_millis(300)) {
                     tracing::info!("reconnected to the fd holder");
                     link = l;
                     state.connected.store(true, Ordering::Relaxed);

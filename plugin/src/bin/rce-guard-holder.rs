@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use rce_guard::holder::server::raise_fd_limit;
 use rce_guard::holder::{Holder, HolderConfig};
 
 #[derive(Parser)]
@@ -49,10 +50,20 @@ fn main() -> ExitCode {
     } else {
         b.init();
     }
+    // Every held entry is an fd: keep room for the sockets and for the copies sent to a judge.
+    let fd_limit = raise_fd_limit();
+    let fits = usize::try_from(fd_limit.saturating_sub(64)).unwrap_or(usize::MAX);
+    if fits < args.max_entries {
+        tracing::warn!(
+            fd_limit,
+            max_entries = fits,
+            "the open-file limit caps how many listener fds this holder can keep"
+        );
+    }
     let cfg = HolderConfig {
         listener: args.listener,
         control: args.control,
-        max_entries: args.max_entries,
+        max_entries: args.max_entries.min(fits),
         handover_timeout: Duration::from_secs(5),
     };
     match Holder::start(cfg).and_then(Holder::run) {

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use super::server::{connect_control, recv, send};
 use super::wire::Kind;
@@ -33,6 +34,21 @@ impl HolderLink {
         let conn = connect_control(control)?;
         send(conn.as_fd(), Kind::Hello, 0, &[], &[])?;
         Ok(HolderLink { conn })
+    }
+
+    /// Bounds how long [`HolderLink::next_event`] blocks (`None`: for ever); when it runs out,
+    /// `next_event` fails with `WouldBlock`.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        Ok(rustix::net::sockopt::set_socket_timeout(
+            &self.conn,
+            rustix::net::sockopt::Timeout::Recv,
+            timeout,
+        )?)
+    }
+
+    /// The holder's process id (from the connection's peer credentials).
+    pub fn holder_pid(&self) -> io::Result<i32> {
+        crate::fdpass::peer_pid(&self.conn)
     }
 
     /// Blocks for the next event.

@@ -80,6 +80,39 @@ pub struct Holder {
     next_id: u64,
 }
 
+/// Control connections that have not sent their first message yet, at most (each is one fd).
+const MAX_NEWCOMERS: usize = 32;
+/// A control connection must say who it is (Hello or Takeover) within this time.
+const NEWCOMER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Out of fds, a listening socket stays readable and every poll returns at once: pause a
+/// little instead of spinning (the connection waits in the backlog, and the next handover
+/// that hangs up frees an fd).
+fn back_off_if_out_of_fds(e: rustix::io::Errno) {
+    if e == rustix::io::Errno::MFILE || e == rustix::io::Errno::NFILE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Raises the soft limit on open fds to the hard limit: the holder keeps one fd per
+/// container and per `runc exec`, far more than the usual soft limit of 1024. Returns the
+/// limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let wanted = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, wanted.clone()) {
+            Ok(()) => limit = wanted,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
 fn bind_seqpacket(path: &Path) -> io::Result<OwnedFd> {
     crate::fsutil::prepare_socket_path(path)?;
     let fd = rustix::net::socket_with(
@@ -161,11 +194,14 @@ pub fn recv(sock: BorrowedFd<'_>, nonblocking: bool) -> io::Result<Option<Owned>
 }
 
 fn initial_entry_id() -> u64 {
-    // Ids must not collide with those a judge still knows from an earlier holder.
+    // Ids must not collide with those a judge still knows from an earlier holder: the judge
+    // skips an id it has, and a skipped entry would leave its container's execs waiting for
+    // ever. Start at the wall clock in nanoseconds (fits in u64 until the year 2554), which
+    // only a holder taking more than one handover per nanosecond could overtake.
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    (t.as_nanos() as u64) << 8
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX / 2)
 }
 
 impl Holder {
@@ -173,7 +209,22 @@ impl Holder {
     /// binds both sockets afresh.
     pub fn start(cfg: HolderConfig) -> Result<Holder, HolderError> {
         if let Ok(conn) = connect_control(&cfg.control) {
-            return Self::take_over(cfg, conn);
+            // Only a root holder may hand us sockets and fds.
+            match peer_uid(&conn) {
+                Ok(0) => return Self::take_over(cfg, conn),
+                Ok(uid) => {
+                    return Err(HolderError::Takeover {
+                        path: cfg.control.clone(),
+                        reason: format!("the process serving it runs as uid {uid}, not root"),
+                    })
+                }
+                Err(e) => {
+                    return Err(HolderError::Takeover {
+                        path: cfg.control.clone(),
+                        reason: format!("cannot check its credentials: {e}"),
+                    })
+                }
+            }
         }
         let bind_err = |path: &Path| {
             let path = path.to_owned();
@@ -182,6 +233,29 @@ impl Holder {
         crate::fsutil::prepare_socket_path(&cfg.listener).map_err(bind_err(&cfg.listener))?;
         let runc_listener = UnixListener::bind(&cfg.listener).map_err(bind_err(&cfg.listener))?;
         let control_listener = bind_seqpacket(&cfg.control).map_err(bind_err(&cfg.control))?;
+        Self::assemble(
+            cfg,
+            runc_listener,
+            control_listener,
+            BTreeMap::new(),
+            initial_entry_id(),
+        )
+    }
+
+    /// Both listening sockets non-blocking: the loop accepts until EAGAIN, and a connection
+    /// that went away between poll and accept must not block it.
+    fn assemble(
+        cfg: HolderConfig,
+        runc_listener: UnixListener,
+        control_listener: OwnedFd,
+        entries: BTreeMap<u64, Entry>,
+        next_id: u64,
+    ) -> Result<Holder, HolderError> {
+        runc_listener
+            .set_nonblocking(true)
+            .map_err(HolderError::Poll)?;
+        rustix::io::ioctl_fionbio(&control_listener, true)
+            .map_err(|e| HolderError::Poll(e.into()))?;
         Ok(Holder {
             cfg,
             runc_listener,
@@ -189,8 +263,8 @@ impl Holder {
             judge: None,
             handovers: Vec::new(),
             newcomers: Vec::new(),
-            entries: BTreeMap::new(),
-            next_id: initial_entry_id(),
+            entries,
+            next_id,
         })
     }
 
@@ -212,7 +286,7 @@ impl Holder {
             match m.kind {
                 Kind::Listeners if m.fds.len() == 2 => listeners = Some(m.fds),
                 Kind::Entry if !m.fds.is_empty() => {
-                    next_id = next_id.max(m.entry + 1);
+                    next_id = next_id.max(m.entry.saturating_add(1));
                     entries.insert(
                         m.entry,
                         Entry {
@@ -238,16 +312,7 @@ impl Holder {
             entries = entries.len(),
             "took over listener sockets and fds from the previous holder"
         );
-        Ok(Holder {
-            cfg,
-            runc_listener: UnixListener::from(runc),
-            control_listener: control,
-            judge: None,
-            handovers: Vec::new(),
-            newcomers: Vec::new(),
-            entries,
-            next_id,
-        })
+        Self::assemble(cfg, UnixListener::from(runc), control, entries, next_id)
     }
 
     pub fn entries(&self) -> usize {
@@ -256,9 +321,6 @@ impl Holder {
 
     /// Runs until a successor has taken everything over.
     pub fn run(mut self) -> Result<(), HolderError> {
-        self.runc_listener
-            .set_nonblocking(true)
-            .map_err(HolderError::Poll)?;
         tracing::info!(
             listener = %self.cfg.listener.display(),
             control = %self.cfg.control.display(),
@@ -396,6 +458,9 @@ impl Holder {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on the listener socket failed");
+                    back_off_if_out_of_fds(
+                        rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                    );
                     return;
                 }
             }
@@ -407,11 +472,18 @@ impl Holder {
         let now = Instant::now();
         let mut done = Vec::new();
         for (idx, h) in self.handovers.iter_mut().enumerate() {
+            // Checked whether or not the peer is readable: one that trickles a byte at a
+            // time is always readable and must not keep its slot for ever.
+            if now >= h.deadline {
+                tracing::warn!(
+                    bytes = h.buf.len(),
+                    fds = h.fds.len(),
+                    "listener handover not complete in time; dropped"
+                );
+                done.push((idx, false));
+                continue;
+            }
             if !ready.get(idx).copied().unwrap_or(false) {
-                if now >= h.deadline {
-                    tracing::warn!("listener handover timed out; dropped");
-                    done.push((idx, false));
-                }
                 continue;
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -419,6 +491,15 @@ impl Holder {
                 match recv_with_fds(h.sock.as_fd(), &mut chunk, true) {
                     Ok(r) if r.len == 0 && r.fds.is_empty() => {
                         done.push((idx, true));
+                        break;
+                    }
+                    Ok(r) if r.truncated => {
+                        // More fds than a handover carries: the kernel closed the excess.
+                        tracing::warn!(
+                            fds = r.fds.len(),
+                            "listener handover with too many fds; dropped"
+                        );
+                        done.push((idx, false));
                         break;
                     }
                     Ok(r) => {
@@ -482,17 +563,36 @@ impl Holder {
     }
 
     fn accept_control(&mut self) {
-        match rustix::net::accept_with(&self.control_listener, SocketFlags::CLOEXEC) {
-            Ok(conn) => match peer_uid(&conn) {
-                Ok(0) => self
-                    .newcomers
-                    .push((conn, Instant::now() + Duration::from_secs(5))),
+        loop {
+            let conn = match rustix::net::accept_with(&self.control_listener, SocketFlags::CLOEXEC)
+            {
+                Ok(conn) => conn,
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the control socket failed");
+                    back_off_if_out_of_fds(e);
+                    return;
+                }
+            };
+            match peer_uid(&conn) {
+                Ok(0) => {
+                    if self.newcomers.len() >= MAX_NEWCOMERS {
+                        // Drop the oldest silent one: a judge that just connected says Hello
+                        // at once and must get its turn.
+                        tracing::warn!(
+                            waiting = self.newcomers.len(),
+                            "too many control connections that have not said who they are; dropped the oldest"
+                        );
+                        self.newcomers.remove(0);
+                    }
+                    self.newcomers
+                        .push((conn, Instant::now() + NEWCOMER_TIMEOUT));
+                }
                 Ok(uid) => tracing::warn!(uid, "refused a control connection from a non-root peer"),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot check a control peer's credentials; refused")
                 }
-            },
-            Err(e) => tracing::warn!(error = %e, "accept on the control socket failed"),
+            }
         }
     }
 
@@ -501,7 +601,7 @@ impl Holder {
         loop {
             match recv(judge.as_fd(), true) {
                 Ok(Some(m)) if m.kind == Kind::Adopt && !m.fds.is_empty() => {
-                    self.next_id = self.next_id.max(m.entry + 1);
+                    self.next_id = self.next_id.max(m.entry.saturating_add(1));
                     self.entries.entry(m.entry).or_insert(Entry {
                         fds: m.fds,
                         payload: m.payload,
@@ -531,20 +631,18 @@ impl Holder {
     /// Returns true when a successor took everything over.
     fn progress_newcomers(&mut self, ready: &[bool]) -> Result<bool, HolderError> {
         let now = Instant::now();
-        let mut i = 0;
-        let mut idx = 0;
-        while i < self.newcomers.len() {
-            let is_ready = ready.get(idx).copied().unwrap_or(false);
-            idx += 1;
-            if !is_ready {
-                if now >= self.newcomers[i].1 {
-                    self.newcomers.swap_remove(i);
+        // `ready[k]` belongs to the k-th newcomer as polled: walk them in that order.
+        let polled = std::mem::take(&mut self.newcomers);
+        let mut waiting = Vec::with_capacity(polled.len());
+        for (k, (conn, deadline)) in polled.into_iter().enumerate() {
+            if !ready.get(k).copied().unwrap_or(false) {
+                if now < deadline {
+                    waiting.push((conn, deadline));
                 } else {
-                    i += 1;
+                    tracing::warn!("a control connection said nothing in time; closed");
                 }
                 continue;
             }
-            let (conn, _) = self.newcomers.swap_remove(i);
             match recv(conn.as_fd(), true) {
                 Ok(Some(m)) if m.kind == Kind::Hello => self.welcome_judge(conn),
                 Ok(Some(m)) if m.kind == Kind::Takeover => {
@@ -556,9 +654,12 @@ impl Holder {
                     tracing::warn!(kind = ?m.kind, "unexpected first message on the control socket")
                 }
                 Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => waiting.push((conn, deadline)),
                 Err(e) => tracing::warn!(error = %e, "bad first message on the control socket"),
             }
         }
+        waiting.append(&mut self.newcomers);
+        self.newcomers = waiting;
         Ok(false)
     }
 
