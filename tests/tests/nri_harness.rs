@@ -23,6 +23,7 @@ on_both_versions!(
     restart_keeps_containers_running,
     drop_leaves_nothing_behind,
     a_panicking_test_still_cleans_up_and_keeps_the_log,
+    an_instance_whose_test_process_died_is_swept_by_the_next_start,
 );
 
 fn pods_containers_and_exec_work_through_cri(v: Version) {
@@ -246,6 +247,59 @@ fn a_panicking_test_still_cleans_up_and_keeps_the_log(v: Version) {
         dir.display()
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn an_instance_whose_test_process_died_is_swept_by_the_next_start(v: Version) {
+    let orphan = Containerd::start(v).expect("start containerd");
+    let cri = orphan.cri().expect("CRI client");
+    let pod = cri.run_pod(&PodSpec::new("orphan")).expect("RunPodSandbox");
+    let id = cri
+        .run_container(&pod, &ContainerSpec::sleeper("sleeper"))
+        .expect("run container");
+    drop(cri);
+    let dir = orphan.dir().to_path_buf();
+    let grpc = orphan.grpc_socket().to_string_lossy().into_owned();
+    let container_pids: Vec<String> = [&id, &pod.id]
+        .iter()
+        .map(|i| std::fs::read_to_string(orphan.bundle_dir(i).join("init.pid")).unwrap())
+        .collect();
+    // Pretend the owning test process was killed: hand the instance to a process that has
+    // exited, and skip its teardown.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(dir.join("owner"), format!("{gone_pid} 1")).unwrap();
+    std::mem::forget(orphan);
+    assert!(
+        !processes_with_arg(&grpc).is_empty(),
+        "shim should still run"
+    );
+
+    let next = Containerd::start(v).expect("start the next containerd");
+    let left = processes_with_arg(&grpc);
+    assert!(left.is_empty(), "orphan's shims left: {left:?}");
+    for pid in container_pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty()
+                || stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+            "orphan's container process {pid} still alive: {stat}"
+        );
+    }
+    assert_eq!(mount_count_under(&dir), 0, "orphan's mounts left");
+    assert!(
+        dir.join("containerd.log").is_file(),
+        "orphan's log not kept"
+    );
+    assert!(!dir.join("root").exists(), "orphan's root not removed");
+    assert!(
+        !dir.join("owner").exists(),
+        "a swept dir has no owner any more"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    drop(next);
 }
 
 fn processes_with_arg(arg: &str) -> Vec<u32> {

@@ -63,7 +63,13 @@ pub(super) fn terminate(child: &mut Child, grace: Duration) {
 /// Kills container processes and shims that still belong to this instance, and removes the
 /// runtime state they leave behind outside the instance directory.
 pub(super) fn kill_leftovers(cd: &Containerd) {
-    let bundles = bundle_dirs(&cd.state_dir());
+    let what = format!("containerd {}", cd.version().label());
+    kill_instance_processes(cd.dir(), &what);
+}
+
+/// [`kill_leftovers`] for the instance in `dir` (its state directory is `dir/state`).
+fn kill_instance_processes(dir: &Path, what: &str) {
+    let bundles = bundle_dirs(&dir.join("state"));
     // Container init processes first: killing a shim does not kill its containers.
     let inits: Vec<Pid> = bundles
         .iter()
@@ -73,7 +79,7 @@ pub(super) fn kill_leftovers(cd: &Containerd) {
     // Shims (`-address <dir>/c.sock`), and whatever else was started with a path in the
     // instance directory: an agent's fd holder (`--listener <dir>/listener.sock`) outlives the
     // agent by design, a crashed test may leave its agent.
-    let mut others = procfs::pids_with_arg_under(cd.dir());
+    let mut others = procfs::pids_with_arg_under(dir);
     others.extend(
         bundles
             .iter()
@@ -98,9 +104,8 @@ pub(super) fn kill_leftovers(cd: &Containerd) {
             .any(|&p| !procfs::command_name(p).starts_with("rce-guard-hold"));
     if unexpected {
         eprintln!(
-            "teardown of containerd {}: killing leftover container processes [{}] and \
-             processes of the instance [{}]",
-            cd.version().label(),
+            "teardown of {what}: killing leftover container processes [{}] and processes of \
+             the instance [{}]",
             describe(&inits),
             describe(&others)
         );
@@ -122,11 +127,71 @@ pub(super) fn kill_leftovers(cd: &Containerd) {
     }
 }
 
-/// After a failed test: drop the bulky runtime directories, keep config and logs.
+/// After a failed test: drop the bulky runtime directories, keep config and logs. The
+/// directory then has no owner any more (the sweeper leaves it alone).
 pub(super) fn keep_only_logs(dir: &Path) {
     for sub in ["root", "state", "nri-plugins", "nri-conf"] {
         let _ = std::fs::remove_dir_all(dir.join(sub));
     }
+    let _ = std::fs::remove_file(dir.join(OWNER_FILE));
+}
+
+/// File in an instance directory naming the test process that owns it: `<pid> <start time>`
+/// (the start time tells a reused pid apart).
+const OWNER_FILE: &str = "owner";
+
+/// Marks `dir` as owned by this process.
+pub(super) fn write_owner(dir: &Path) -> std::io::Result<()> {
+    let me = process_identity(std::process::id()).unwrap_or_default();
+    std::fs::write(dir.join(OWNER_FILE), me)
+}
+
+/// Cleans up instances whose test process died without running their teardown (killed by a
+/// timeout, aborted): their containerd, shims, containers, agent and holder would otherwise
+/// live on. Only directories with an owner file whose owner is gone are touched.
+pub(super) fn sweep_orphans(parent: &Path) {
+    // One sweep at a time per test process.
+    static SWEEPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SWEEPING.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let is_instance = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rg-"));
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        if !is_instance || owner_alive(&owner) {
+            continue;
+        }
+        eprintln!(
+            "sweeping {}: its test process ({}) is gone",
+            dir.display(),
+            owner.trim()
+        );
+        kill_instance_processes(&dir, &format!("orphaned instance {}", dir.display()));
+        procfs::unmount_all_under(&dir);
+        keep_only_logs(&dir);
+    }
+}
+
+fn owner_alive(owner: &str) -> bool {
+    let Some(pid) = owner.split_whitespace().next().and_then(|p| p.parse().ok()) else {
+        return false;
+    };
+    process_identity(pid).is_some_and(|now| now.trim() == owner.trim())
+}
+
+/// `<pid> <start time in clock ticks since boot>` of a live process.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command: state is field 3, starttime field 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
 }
 
 fn bundle_dirs(state: &Path) -> Vec<PathBuf> {

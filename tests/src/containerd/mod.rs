@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cri::Cri;
-use crate::env::{image_archives, require_setup};
+use crate::env::{image_archives, require_setup, BUSYBOX_IMAGE, PAUSE_IMAGE};
 use crate::wait::wait_until;
 
 /// The containerd versions the tests cover.
@@ -165,6 +165,7 @@ impl Containerd {
     /// Starts an instance configured by `opts` and imports the test images.
     pub fn start_with(opts: ContainerdOptions) -> Result<Self> {
         require_setup(opts.version)?;
+        cleanup::sweep_orphans(Path::new("/tmp"));
         let dir = tempfile::Builder::new()
             .prefix("rg-")
             .tempdir_in("/tmp")
@@ -177,6 +178,7 @@ impl Containerd {
             child: None,
             started_at: Instant::now(),
         };
+        cleanup::write_owner(&cd.dir_path).context("writing the instance's owner file")?;
         for sub in ["root", "state", "nri-plugins", "nri-conf", "pods"] {
             std::fs::create_dir_all(cd.dir_path.join(sub))
                 .with_context(|| format!("creating {sub} in {}", cd.dir_path.display()))?;
@@ -443,6 +445,22 @@ impl Containerd {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+        }
+        // The CRI image service learns about imported images from events, a moment later;
+        // until then a pod could not find its sandbox image.
+        let cri = self.cri()?;
+        let wanted = [PAUSE_IMAGE, BUSYBOX_IMAGE];
+        let seen = wait_until(START_TIMEOUT, Duration::from_millis(20), || {
+            let images = cri.list_images().ok()?;
+            wanted
+                .iter()
+                .all(|w| images.iter().any(|i| i == w))
+                .then_some(())
+        });
+        if seen.is_none() {
+            bail!(self.context_tail(&format!(
+                "CRI does not list the imported images {wanted:?} after {START_TIMEOUT:?}"
+            )));
         }
         Ok(())
     }
