@@ -24,6 +24,7 @@ on_both_versions!(
     drop_leaves_nothing_behind,
     a_panicking_test_still_cleans_up_and_keeps_the_log,
     an_instance_whose_test_process_died_is_swept_by_the_next_start,
+    a_container_reverse_shell_reaches_the_listener,
 );
 
 fn pods_containers_and_exec_work_through_cri(v: Version) {
@@ -300,6 +301,43 @@ fn an_instance_whose_test_process_died_is_swept_by_the_next_start(v: Version) {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     drop(next);
+}
+
+fn a_container_reverse_shell_reaches_the_listener(v: Version) {
+    let cd = Containerd::start(v).expect("start containerd");
+    let cri = cd.cri().expect("CRI client");
+    let pod = cri
+        .run_pod(&PodSpec::new("attacked"))
+        .expect("RunPodSandbox");
+    let mut listener = rce_guard_e2e::ReverseShellListener::new().expect("listener");
+    let nc = listener.nc_command();
+    let nc: Vec<&str> = nc.iter().map(String::as_str).collect();
+    let id = cri
+        .run_container(&pod, &ContainerSpec::new("victim").command(&nc))
+        .expect("run the reverse shell container");
+    let t = Instant::now();
+    listener
+        .accept(Duration::from_secs(10))
+        .expect("the container's shell connects back");
+    println!(
+        "containerd {}: reverse shell accepted {:?} after StartContainer returned",
+        v.label(),
+        t.elapsed()
+    );
+    let out = listener
+        .run("readlink /proc/$$/fd/0; id -u", Duration::from_secs(5))
+        .expect("run a command through the reverse shell");
+    // The shell's stdin is the TCP connection: what makes it a reverse shell.
+    assert!(
+        out.starts_with("socket:[") && out.ends_with("]\n0\n"),
+        "unexpected output {out:?}"
+    );
+    listener.send("exit").unwrap();
+    assert!(listener.wait_closed(Duration::from_secs(5)).unwrap());
+    let status = cri
+        .wait_container_exit(&id, Duration::from_secs(10))
+        .expect("the container exits with its shell");
+    assert_eq!(status.exit_code, 0);
 }
 
 fn processes_with_arg(arg: &str) -> Vec<u32> {
