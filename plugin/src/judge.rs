@@ -3,7 +3,7 @@
 //! lookup, pure logic, and a non-blocking queue push.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::exec_event::ExecEvent;
 use crate::finding::Observation;
@@ -12,6 +12,9 @@ use crate::registry::Registry;
 use crate::rule::Rule;
 use crate::sinks::FindingPipeline;
 use crate::verdict::{Action, ExecJudge, WatchedContainer};
+
+/// Longest a reported exec waits for its finding to be written.
+const FINDING_WRITE_WAIT: Duration = Duration::from_millis(200);
 
 pub struct Judge {
     rule: Rule,
@@ -64,13 +67,18 @@ impl ExecJudge for Judge {
         }
         let action = decision.action;
         if decision.report {
-            self.findings.submit(Observation {
-                event: ev.clone(),
-                identity,
-                init_pid: c.init_pid,
-                decision,
-                time: SystemTime::now(),
-            });
+            // Hold the exec until its finding is written: if the agent dies first, the exec is
+            // still unanswered and gets judged (and reported) again after the restart.
+            self.findings.submit_and_wait(
+                Observation {
+                    event: ev.clone(),
+                    identity,
+                    init_pid: c.init_pid,
+                    decision,
+                    time: SystemTime::now(),
+                },
+                FINDING_WRITE_WAIT,
+            );
         }
         action
     }

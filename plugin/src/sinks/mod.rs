@@ -4,6 +4,10 @@
 //!
 //! Nothing is lost silently: when the queue is full the observation is counted and logged as
 //! dropped; a sink that fails to write is counted and logged, and the other sinks still get it.
+//!
+//! [`FindingPipeline::submit_and_wait`] lets the judge hold a reported exec until its finding
+//! is written (bounded): if the agent dies before that, the exec has not been answered yet and
+//! is judged, and reported, again after the restart instead of being lost with the queue.
 
 mod file;
 mod stdout;
@@ -19,6 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::finding::{self, BinaryDigest, NodeContext, Observation};
+
+/// One queued observation, with an optional "written" acknowledgement for the judge.
+struct Queued {
+    obs: Observation,
+    written: Option<SyncSender<()>>,
+}
 
 /// A destination for finding lines (one JSON object per line, no newline inside).
 pub trait Sink: Send {
@@ -62,7 +72,7 @@ impl PipelineStats {
 /// The sending side, cheap to clone into the judge.
 #[derive(Clone)]
 pub struct FindingPipeline {
-    tx: SyncSender<Observation>,
+    tx: SyncSender<Queued>,
     stats: Arc<PipelineStats>,
 }
 
@@ -95,10 +105,28 @@ impl FindingPipeline {
 
     /// Queues an observation; never blocks the caller (the exec path).
     pub fn submit(&self, obs: Observation) {
+        self.enqueue(Queued { obs, written: None });
+    }
+
+    /// Queues an observation and waits at most `timeout` until it is written (or merged into
+    /// a pending duplicate). Returns whether it was. Used for reported execs only, which are
+    /// rare, so the wait costs nothing on the common exec path.
+    pub fn submit_and_wait(&self, obs: Observation, timeout: Duration) -> bool {
+        let (tx, rx) = sync_channel(1);
+        if !self.enqueue(Queued {
+            obs,
+            written: Some(tx),
+        }) {
+            return false;
+        }
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    fn enqueue(&self, q: Queued) -> bool {
         self.stats.observed.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(obs) {
-            Ok(()) => {}
-            Err(TrySendError::Full(obs)) => {
+        match self.tx.try_send(q) {
+            Ok(()) => true,
+            Err(TrySendError::Full(Queued { obs, .. })) => {
                 let n = self
                     .stats
                     .dropped_queue_full
@@ -113,12 +141,14 @@ impl FindingPipeline {
                         "finding queue full, finding dropped (sinks too slow)"
                     );
                 }
+                false
             }
-            Err(TrySendError::Disconnected(obs)) => {
+            Err(TrySendError::Disconnected(Queued { obs, .. })) => {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(program = %obs.event.program, "finding pipeline stopped, finding dropped");
+                false
             }
         }
     }
@@ -136,7 +166,7 @@ struct Pending {
 }
 
 struct Worker {
-    rx: Receiver<Observation>,
+    rx: Receiver<Queued>,
     sinks: Vec<Box<dyn Sink>>,
     node: NodeContext,
     window: Duration,
@@ -150,7 +180,12 @@ impl Worker {
         let tick = Duration::from_millis(500).min(self.window.max(Duration::from_millis(10)));
         loop {
             match self.rx.recv_timeout(tick) {
-                Ok(obs) => self.observe(obs),
+                Ok(Queued { obs, written }) => {
+                    self.observe(obs);
+                    if let Some(ack) = written {
+                        let _ = ack.try_send(());
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
