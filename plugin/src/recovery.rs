@@ -35,7 +35,20 @@ fn blocked_syscall(pid: i32, tid: i32) -> Option<i64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-/// Tasks in the pid namespaces of `init_pids` that sit in an exec syscall.
+/// Whether a task sleeps waiting for a seccomp user-notification answer (wchan
+/// `seccomp_do_user_notification`, or wherever a kernel inlined it). Keeps the kick away from
+/// tasks that sit in execve for other reasons, which matters when a watched container shares
+/// the host's pid namespace. Where the kernel hides symbol names (wchan "0" or unreadable),
+/// every task in an exec syscall counts: kicking one more is harmless, missing one is not.
+fn waits_for_seccomp_answer(pid: i32, tid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")) {
+        Ok(w) if !w.is_empty() && w != "0" => w.contains("seccomp"),
+        _ => true,
+    }
+}
+
+/// Tasks in the pid namespaces of `init_pids` that sit in an exec syscall, waiting for a
+/// seccomp answer.
 pub fn tasks_in_exec(init_pids: &[i32]) -> Vec<i32> {
     let namespaces: HashSet<String> = init_pids.iter().filter_map(|p| pid_ns(*p)).collect();
     if namespaces.is_empty() {
@@ -64,7 +77,9 @@ pub fn tasks_in_exec(init_pids: &[i32]) -> Vec<i32> {
             let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            if blocked_syscall(pid, tid).is_some_and(|nr| EXEC_SYSCALL_NUMBERS.contains(&nr)) {
+            if blocked_syscall(pid, tid).is_some_and(|nr| EXEC_SYSCALL_NUMBERS.contains(&nr))
+                && waits_for_seccomp_answer(pid, tid)
+            {
                 found.push(tid);
             }
         }
