@@ -23,6 +23,7 @@ mod env;
 mod exec_stream;
 mod log_lines;
 mod procfs;
+pub mod restart;
 mod product;
 mod reverse_shell;
 mod wait;
