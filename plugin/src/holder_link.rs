@@ -145,6 +145,10 @@ pub fn run(
     state: Arc<HolderState>,
 ) {
     let mut kept: HashMap<u64, Kept> = HashMap::new();
+    // Entries whose containers are gone are pruned when the map has doubled since the last
+    // prune (one poll per entry): pruning on every adoption would cost O(n^2) polls during
+    // the initial sync of n entries, while execs wait.
+    let mut prune_at = 64usize;
     let mut first_sync = true;
     state.connected.store(true, Ordering::Relaxed);
     loop {
@@ -163,8 +167,11 @@ pub fn run(
                 match adopt(&monitor, fds, &payload) {
                     Ok(copy) => {
                         state.adopted.fetch_add(1, Ordering::Relaxed);
-                        kept.retain(|_, k| !hung_up(k.fd.as_fd()));
                         kept.insert(id, Kept { payload, fd: copy });
+                        if kept.len() >= prune_at {
+                            kept.retain(|_, k| !hung_up(k.fd.as_fd()));
+                            prune_at = (kept.len() * 2).max(64);
+                        }
                     }
                     Err(e) => {
                         state.refused.fetch_add(1, Ordering::Relaxed);

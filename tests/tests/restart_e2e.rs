@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -205,6 +207,29 @@ fn sigkilled_agent_at_random_moments_breaks_no_exec_and_a_shell_from_a_gap_is_re
     );
     let mut attacker = ReverseShellListener::new().unwrap();
     let port = attacker.port();
+    // Meanwhile `runc exec` after `runc exec` (CRI ExecSync, as exec probes do): each hands a
+    // new listener fd to the holder, whichever judge runs or restarts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let execsync = {
+        let (cri, id, stop) = (
+            s.cd.cri().unwrap(),
+            loops[0].container_id.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut longest) = (0u64, Vec::new(), Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match cri.exec_sync(&id, &["/bin/true"], Duration::from_secs(60)) {
+                    Ok(r) if r.exit_code == 0 => ok += 1,
+                    Ok(r) => failed.push(format!("exit {}: {}", r.exit_code, r.stderr)),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+                longest = longest.max(t.elapsed());
+            }
+            (ok, failed, longest)
+        })
+    };
     let chaos_start = total_stats(&loops).unwrap();
     let chaos_t0 = Instant::now();
     let mut gaps = Vec::new();
@@ -263,6 +288,8 @@ fn sigkilled_agent_at_random_moments_breaks_no_exec_and_a_shell_from_a_gap_is_re
     let last = agents.last().unwrap();
     wait_ready(last, 0);
     wait_progress(&loops, 100, PROGRESS_TIMEOUT).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (execsync_ok, execsync_failed, execsync_longest) = execsync.join().unwrap();
     let status = s.wait_monitored(&watched);
     let end = settled_stats(&loops);
     let chaos_secs = chaos_t0.elapsed().as_secs_f64();
@@ -289,15 +316,22 @@ fn sigkilled_agent_at_random_moments_breaks_no_exec_and_a_shell_from_a_gap_is_re
     println!(
         "[{}] chaos: {KILLS} SIGKILLs of the agent in {chaos_secs:.1} s, agent down (kill to respawn) {:?}; \
          during the chaos: {during}; whole run: {end}; reverse shell findings: {} (from agent pids {:?}); \
-         execs recovered by a kick after a restart: {kicked}; last agent's holder status: {}",
+         execs recovered by a kick after a restart: {kicked}; ExecSync during the chaos: {execsync_ok} ok, \
+         {} failed, longest {execsync_longest:?}; last agent's holder status: {}",
         v.label(),
         gaps,
         findings.len(),
         findings.iter().map(|(pid, _)| pid).collect::<Vec<_>>(),
+        execsync_failed.len(),
         status["holder"]
     );
     assert_no_failures(&end);
     assert!(during.execs > 0);
+    assert!(
+        execsync_failed.is_empty(),
+        "ExecSync failed: {execsync_failed:?}"
+    );
+    assert!(execsync_ok > 0, "ExecSync ran during the chaos");
     assert!(
         end.longest >= Duration::from_millis(100),
         "execs made while the agent was dead waited (longest {:?})",

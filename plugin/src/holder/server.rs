@@ -600,6 +600,18 @@ impl Holder {
         let Some(judge) = &self.judge else { return };
         loop {
             match recv(judge.as_fd(), true) {
+                Ok(Some(m))
+                    if m.kind == Kind::Adopt
+                        && !m.fds.is_empty()
+                        && self.entries.len() >= self.cfg.max_entries
+                        && !self.entries.contains_key(&m.entry) =>
+                {
+                    tracing::error!(
+                        max_entries = self.cfg.max_entries,
+                        entry = m.entry,
+                        "holder is full; an fd the judge gave back was not kept"
+                    );
+                }
                 Ok(Some(m)) if m.kind == Kind::Adopt && !m.fds.is_empty() => {
                     self.next_id = self.next_id.max(m.entry.saturating_add(1));
                     self.entries.entry(m.entry).or_insert(Entry {
