@@ -42,7 +42,7 @@ fn create_without_the_annotation_leaves_config_json_byte_identical() {
     let before = bundle.config_bytes();
     let id = container_id("c");
     let out = bundle.create(WRAPPER, &id);
-    let state = bundle.runtime(RUNC, &["state", &id]).output().unwrap();
+    let state = bundle.call(RUNC, &["state", &id]);
     bundle.delete(&id);
     assert!(out.status.success(), "create: {}", text(&out.stderr));
     assert!(
@@ -110,7 +110,8 @@ fn a_merge_failure_refuses_the_container_with_one_clear_line() {
     let before = bundle.config_bytes();
     let id = container_id("fail");
     let out = bundle.create(WRAPPER, &id);
-    let state = bundle.runtime(RUNC, &["state", &id]).output().unwrap();
+    let log = bundle.log_text();
+    let state = bundle.call(RUNC, &["state", &id]);
     bundle.delete(&id);
 
     assert_eq!(out.status.code(), Some(1));
@@ -124,8 +125,7 @@ fn a_merge_failure_refuses_the_container_with_one_clear_line() {
     );
     assert!(out.stdout.is_empty(), "nothing on stdout");
     // containerd reads the last error of the runtime log.
-    let last: serde_json::Value =
-        serde_json::from_str(bundle.log_text().lines().last().unwrap()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     assert_eq!(last["level"], "error");
     assert_eq!(last["msg"], stderr.trim_end());
     assert!(!state.status.success(), "runc never ran: no container");

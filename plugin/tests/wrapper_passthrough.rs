@@ -57,29 +57,23 @@ fn lifecycle_commands_pass_through() {
 
     // Make the bundle's config unreadable garbage: commands after create must not read it.
     std::fs::write(bundle.config_path(), b"not json").unwrap();
-    let state = bundle.runtime(WRAPPER, &["state", &id]).output().unwrap();
+    let state = bundle.call(WRAPPER, &["state", &id]);
     let state_json: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
     assert_eq!(state_json["status"], "created");
 
-    let start = bundle.runtime(WRAPPER, &["start", &id]).output().unwrap();
+    let start = bundle.call(WRAPPER, &["start", &id]);
     assert!(start.status.success(), "start: {}", text(&start.stderr));
-    let list = bundle
-        .runtime(WRAPPER, &["list", "--format", "json"])
-        .output()
-        .unwrap();
+    let list = bundle.call(WRAPPER, &["list", "--format", "json"]);
     assert!(text(&list.stdout).contains(&id));
-    let kill = bundle
-        .runtime(WRAPPER, &["kill", &id, "KILL"])
-        .output()
-        .unwrap();
+    let kill = bundle.call(WRAPPER, &["kill", &id, "KILL"]);
     assert!(kill.status.success(), "kill: {}", text(&kill.stderr));
     assert!(wait_for(std::time::Duration::from_secs(5), || {
-        let s = bundle.runtime(RUNC, &["state", &id]).output().unwrap();
+        let s = bundle.call(RUNC, &["state", &id]);
         text(&s.stdout).contains("\"stopped\"")
     }));
-    let delete = bundle.runtime(WRAPPER, &["delete", &id]).output().unwrap();
+    let delete = bundle.call(WRAPPER, &["delete", &id]);
     assert!(delete.status.success(), "delete: {}", text(&delete.stderr));
-    let gone = bundle.runtime(RUNC, &["state", &id]).output().unwrap();
+    let gone = bundle.call(RUNC, &["state", &id]);
     assert!(!gone.status.success());
 }
 

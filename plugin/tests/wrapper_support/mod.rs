@@ -166,25 +166,51 @@ impl Bundle {
     /// `create --bundle <bundle> <id>` through `program`.
     pub fn create(&self, program: &str, id: &str) -> Output {
         let bundle = self.path().display().to_string();
-        self.runtime(program, &["create", "--bundle", &bundle, id])
-            .output()
-            .unwrap()
+        output_via_files(&mut self.runtime(program, &["create", "--bundle", &bundle, id]))
     }
 
     /// `run --bundle <bundle> <id>` (foreground) through `program`.
     pub fn run(&self, program: &str, id: &str) -> Output {
         let bundle = self.path().display().to_string();
-        self.runtime(program, &["run", "--bundle", &bundle, id])
-            .output()
-            .unwrap()
+        output_via_files(&mut self.runtime(program, &["run", "--bundle", &bundle, id]))
+    }
+
+    /// Any runtime command, its output captured through files.
+    pub fn call(&self, program: &str, command: &[&str]) -> Output {
+        output_via_files(&mut self.runtime(program, command))
     }
 
     pub fn delete(&self, id: &str) {
-        let _ = self.runtime(RUNC, &["delete", "--force", id]).output();
+        let _ = self.call(RUNC, &["delete", "--force", id]);
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// Runs `cmd` with stdout and stderr going to files. After `create` the container's init
+/// inherits the runtime's stdio and lives on: with pipes, `Command::output` would wait for it.
+pub fn output_via_files(cmd: &mut Command) -> Output {
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
     }
 }
 
@@ -260,8 +286,11 @@ impl Drop for TestListener {
     }
 }
 
-/// Reads one handover: the listener fd (SCM_RIGHTS, first message) and the JSON state, read
-/// until the runtime closes the connection.
+/// Reads one handover: the listener fd (SCM_RIGHTS, first message) and the JSON state.
+///
+/// Stops at the end of the JSON document, not at EOF: runc 1.1.5 never closes its end of the
+/// connection (it closes only a dup of it), so EOF comes when runc exits, and a foreground
+/// `runc run` exits only after the container, whose first exec waits for this listener.
 fn receive_handover(conn: std::os::fd::BorrowedFd<'_>) -> (OwnedFd, Value) {
     let mut data = Vec::new();
     let mut fd = None;
@@ -283,13 +312,18 @@ fn receive_handover(conn: std::os::fd::BorrowedFd<'_>) -> (OwnedFd, Value) {
                 }
             }
         }
-        if got.bytes == 0 {
-            break;
-        }
         data.extend_from_slice(&buf[..got.bytes]);
+        match serde_json::from_slice::<Value>(&data) {
+            Ok(payload) => {
+                return (fd.expect("the handover carries the listener fd"), payload);
+            }
+            Err(e) if e.is_eof() && got.bytes > 0 => continue,
+            Err(e) => panic!(
+                "bad handover payload ({e}): {}",
+                String::from_utf8_lossy(&data)
+            ),
+        }
     }
-    let payload = serde_json::from_slice(&data).expect("handover payload is JSON");
-    (fd.expect("the handover carries the listener fd"), payload)
 }
 
 /// Answers CONTINUE to every notification until POLLHUP (every task using the filter exited).
