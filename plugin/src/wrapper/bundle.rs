@@ -1,10 +1,14 @@
 //! Reading and atomically rewriting a bundle's `config.json`.
 //!
 //! The rewrite goes to a temporary file in the same directory, with the original's mode and
-//! owner, is synced, and renamed over the original; then the directory is synced. A crash
-//! leaves either the old or the new file, never half of one.
+//! owner, and is renamed over the original: the runtime sees either the old or the new file,
+//! never half of one, and a failed write leaves the old one. Nothing is fsynced: a bundle does
+//! not outlive a host crash (it lives in containerd's state directory, normally tmpfs, and
+//! containerd recreates it), and the only reader is the runtime we exec next, which reads the
+//! page cache. On the disk-backed `/run` of the test machines, fsync plus rename cost about
+//! 7 ms per create against 0.2 ms for the rename alone.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -67,6 +71,8 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), BundleError>
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.rce-guard-{}.tmp", std::process::id()));
 
+    // The name carries our pid: a file by that name was left by a dead process.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -76,9 +82,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), BundleError>
         file.write_all(contents)?;
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
         file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
