@@ -2,9 +2,10 @@
 //!
 //! Per connection: check the peer (only uid 0), read the JSON `ContainerProcessState` until EOF
 //! together with the `SCM_RIGHTS` fds (the JSON may come in several messages), match the
-//! `fds` names to the fds, and adopt the one named `seccompFd`. Each connection runs on its
-//! own short-lived thread under a deadline, so a peer that connects and stalls delays nobody.
-//! Anything wrong closes every fd received and drops the connection with a clear error.
+//! `fds` names to the fds, and adopt the one named `seccompFd`. One thread polls all
+//! connections in progress, each under its own deadline, so a peer that connects and stalls
+//! delays nobody. Anything wrong closes every fd received and drops the connection with a
+//! clear error.
 //!
 //! The socket is only one producer: [`crate::monitor::MonitorHandle::adopt`] takes an fd and
 //! the raw payload from anywhere (e.g. a process that kept the fds across an agent restart).
@@ -16,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,60 +215,156 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 pub(crate) struct AcceptorConfig {
     pub deadline: Duration,
     pub max_payload: usize,
+    /// Connections read at once; more wait in the listen backlog (runc then waits in
+    /// connect), which is better than refusing them: a refused fd breaks its container.
     pub max_connections: usize,
 }
 
-/// Accept until the socket is shut down; each connection on its own thread.
-pub(crate) fn accept_loop(listener: Arc<UnixListener>, engine: Arc<Engine>, cfg: AcceptorConfig) {
-    let in_flight = Arc::new(AtomicUsize::new(0));
+/// One connection being read.
+struct Pending {
+    stream: UnixStream,
+    deadline: Instant,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+enum Progress {
+    /// More to read later.
+    Waiting,
+    /// EOF: the handover is complete.
+    Done,
+}
+
+/// Serve the socket until it is shut down: one thread, one `poll` over the listening socket
+/// and every connection in progress, each under its own deadline. A peer that stalls holds
+/// only its own slot; one that trickles bytes is cut at its deadline.
+pub(crate) fn accept_loop(
+    listener: Arc<UnixListener>,
+    engine: Arc<Engine>,
+    cfg: AcceptorConfig,
+    stop: Arc<AtomicBool>,
+) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "cannot make the listener socket non-blocking; handovers stopped");
+        return;
+    }
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return, // shut down
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                tracing::error!(error = %e, "cannot accept a handover: out of fds");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+        // Set before the owner shuts the socket down, which wakes the poll below.
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let nearest = pending.iter().map(|p| p.deadline).min();
+        let timeout = match nearest {
+            Some(d) => {
+                let ms = d.saturating_duration_since(now).as_millis().min(60_000) as u16;
+                PollTimeout::from(ms.saturating_add(1))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "accept on the listener socket failed; handovers stopped");
-                return;
+            None => PollTimeout::NONE,
+        };
+        let accepting = pending.len() < cfg.max_connections;
+        let (listener_ready, ready): (bool, Vec<bool>) = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(pending.len() + 1);
+            if accepting {
+                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            }
+            fds.extend(
+                pending
+                    .iter()
+                    .map(|p| PollFd::new(p.stream.as_fd(), PollFlags::POLLIN)),
+            );
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll on the listener socket failed; handovers stopped");
+                    return;
+                }
+            }
+            let flags: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            if accepting {
+                (flags[0], flags[1..].to_vec())
+            } else {
+                (false, flags)
             }
         };
-        if in_flight.load(Ordering::Acquire) >= cfg.max_connections {
-            tracing::warn!(
-                limit = cfg.max_connections,
-                "too many handovers in progress: connection refused"
-            );
-            bump(&engine.counters.handovers_refused);
-            continue;
-        }
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        let (engine2, cfg2, in_flight2) = (engine.clone(), cfg.clone(), in_flight.clone());
-        let spawned = std::thread::Builder::new()
-            .name("rce-guard-handover".into())
-            .spawn(move || {
-                if let Err(e) = serve_connection(&stream, &engine2, &cfg2) {
-                    bump(&engine2.counters.handovers_refused);
-                    tracing::warn!(error = %e, "seccomp listener handover refused");
+
+        // Read what arrived; finish or drop connections.
+        let mut i = 0;
+        let mut ready = ready.into_iter();
+        while i < pending.len() {
+            let is_ready = ready.next().unwrap_or(false);
+            let outcome = if is_ready {
+                read_available(&mut pending[i], &mut buf, cfg.max_payload)
+            } else if Instant::now() >= pending[i].deadline {
+                Err(HandoverError::Deadline(cfg.deadline))
+            } else {
+                Ok(Progress::Waiting)
+            };
+            match outcome {
+                Ok(Progress::Waiting) => i += 1,
+                Ok(Progress::Done) => {
+                    let p = pending.swap_remove(i);
+                    if let Err(e) = finish(p, &engine, cfg.max_payload) {
+                        refuse(&engine, &e);
+                    }
+                    // swap_remove moved the last (unpolled this round) entry to `i`: its
+                    // readiness flag is the last one, which we simply revisit next round.
+                    ready = Vec::new().into_iter();
                 }
-                in_flight2.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            bump(&engine.counters.handovers_refused);
-            tracing::error!(error = %e, "cannot start a handover thread");
+                Err(e) => {
+                    drop(pending.swap_remove(i));
+                    refuse(&engine, &e);
+                    ready = Vec::new().into_iter();
+                }
+            }
+        }
+
+        if listener_ready {
+            loop {
+                if pending.len() >= cfg.max_connections {
+                    break;
+                }
+                match listener.accept() {
+                    Ok((stream, _)) => match admit(stream, cfg.deadline) {
+                        Ok(p) => pending.push(p),
+                        Err(e) => refuse(&engine, &e),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // A listening socket that was shut down: the monitor is stopping.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
+                    {
+                        tracing::error!(error = %e, "cannot accept a handover: out of fds");
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "accept on the listener socket failed; handovers stopped");
+                        return;
+                    }
+                }
+            }
         }
     }
 }
 
-fn serve_connection(
-    stream: &UnixStream,
-    engine: &Engine,
-    cfg: &AcceptorConfig,
-) -> Result<u64, HandoverError> {
-    let cred = rustix::net::sockopt::socket_peercred(stream)
+fn refuse(engine: &Engine, e: &HandoverError) {
+    bump(&engine.counters.handovers_refused);
+    tracing::warn!(error = %e, "seccomp listener handover refused");
+}
+
+/// Check the peer before reading anything from it.
+fn admit(stream: UnixStream, deadline: Duration) -> Result<Pending, HandoverError> {
+    let cred = rustix::net::sockopt::socket_peercred(&stream)
         .map_err(|e| HandoverError::PeerCred(e.into()))?;
     if cred.uid.as_raw() != 0 {
         return Err(HandoverError::PeerNotRoot {
@@ -275,61 +372,60 @@ fn serve_connection(
             uid: cred.uid.as_raw(),
         });
     }
-    let (payload, fds) = read_until_eof(stream, cfg.deadline, cfg.max_payload)?;
-    if fds.is_empty() {
-        return Err(HandoverError::NoFd);
-    }
-    let state = parse_payload(&payload, cfg.max_payload)?;
-    let container = state.watched_container();
-    let fd = state.take_seccomp_fd(fds)?;
-    tracing::debug!(container_id = %container.container_id, status = %state.state.status, pid = state.pid, "handover received");
-    Ok(engine.adopt(fd, container)?)
+    stream.set_nonblocking(true).map_err(HandoverError::Read)?;
+    Ok(Pending {
+        stream,
+        deadline: Instant::now() + deadline,
+        payload: Vec::new(),
+        fds: Vec::new(),
+    })
 }
 
-/// Read bytes and fds until the peer closes, within `deadline` and `max_payload`.
-fn read_until_eof(
-    stream: &UnixStream,
-    deadline: Duration,
+/// Read everything available now.
+fn read_available(
+    p: &mut Pending,
+    buf: &mut [u8],
     max_payload: usize,
-) -> Result<(Vec<u8>, Vec<OwnedFd>), HandoverError> {
-    let started = Instant::now();
-    let mut payload = Vec::new();
-    let mut fds = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+) -> Result<Progress, HandoverError> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     loop {
-        let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(HandoverError::Deadline(deadline));
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(HandoverError::Read)?;
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg =
-            match rustix::net::recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
-                Ok(m) => m,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => return Err(HandoverError::Deadline(deadline)),
-                Err(e) => return Err(HandoverError::Read(e.into())),
-            };
+        let mut iov = [IoSliceMut::new(buf)];
+        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+        let msg = match rustix::net::recvmsg(&p.stream, &mut iov, &mut control, flags) {
+            Ok(m) => m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(Progress::Waiting),
+            Err(e) => return Err(HandoverError::Read(e.into())),
+        };
         for m in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = m {
-                fds.extend(received);
+                p.fds.extend(received);
             }
         }
-        if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
+        if msg.flags.contains(ReturnFlags::CTRUNC) || p.fds.len() > MAX_FDS {
             return Err(HandoverError::TooManyFds);
         }
         if msg.bytes == 0 {
-            return Ok((payload, fds));
+            return Ok(Progress::Done);
         }
-        payload.extend_from_slice(&buf[..msg.bytes]);
-        if payload.len() > max_payload {
+        p.payload.extend_from_slice(&buf[..msg.bytes]);
+        if p.payload.len() > max_payload {
             return Err(PayloadError::TooLarge { limit: max_payload }.into());
         }
     }
+}
+
+/// A complete handover: parse, pick the listener fd, adopt it.
+fn finish(p: Pending, engine: &Engine, max_payload: usize) -> Result<u64, HandoverError> {
+    if p.fds.is_empty() {
+        return Err(HandoverError::NoFd);
+    }
+    let state = parse_payload(&p.payload, max_payload)?;
+    let container = state.watched_container();
+    let fd = state.take_seccomp_fd(p.fds)?;
+    tracing::debug!(container_id = %container.container_id, status = %state.state.status, pid = state.pid, "handover received");
+    Ok(engine.adopt(fd, container)?)
 }
 
 /// The runtime's side of the handover: send `payload` with `fds` attached to the first

@@ -67,8 +67,30 @@ pub trait Target {
     fn still_pending(&self) -> bool;
     /// Copy caller memory at `addr`; may return fewer bytes at an unmapped page.
     fn read_memory(&self, addr: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Copy several ranges at once into `out`, back to back; returns the bytes copied, which
+    /// stop at the first unreadable byte. One syscall in the live target.
+    fn read_memory_batch(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        for &(addr, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let n = self.read_memory(addr, &mut out[done..done + len])?;
+            done += n;
+            if n < len {
+                break;
+            }
+        }
+        Ok(done)
+    }
     /// What the caller's fd `fd` is.
     fn stdio(&self, fd: i32) -> StdioKind;
+    /// Are the caller's fds `a` and `b` one open file (`2>&1`, a tty or socket on all three)?
+    /// Lets inspection describe such a file once. `false` when unsure.
+    fn same_file(&self, a: i32, b: i32) -> bool {
+        let _ = (a, b);
+        false
+    }
     /// tgid, ppid (and cgroup) of the caller.
     fn caller_ids(&self) -> Option<TaskIds>;
     /// tgid, ppid (and cgroup) of another process (an ancestor).
@@ -97,19 +119,19 @@ pub fn inspect_exec(
         ExecSyscall::Execve => (args[0], args[1]),
         ExecSyscall::Execveat => (args[1], args[2]),
     };
-    let raw_path = read_c_string(target, path_addr, limits.max_path_bytes);
-    let argv = read_argv(target, argv_addr, call.pointer_size(), limits);
-    // All memory reads are done: if the caller is still blocked in the syscall now, it was
-    // all along, so the bytes came from it and not from a process that reused its pid.
+    let (raw_path, argv) =
+        read_path_and_argv(target, path_addr, argv_addr, call.pointer_size(), limits);
+    let stdio = read_stdio(target);
+    let ids = target.caller_ids();
+    let program = match raw_path {
+        Some(s) => resolve_program(target, tid, call, args, &lossy(s.bytes)),
+        None => String::new(),
+    };
+    // One check covers every read above: if the caller is still blocked in the syscall now,
+    // it was all along, so its tid was never reused and the memory, fds and ids were its own.
     if !target.still_pending() {
         return Err(Vanished);
     }
-    let program = match raw_path {
-        Some(s) => resolve_program(target, tid, call, args, &s.text),
-        None => String::new(),
-    };
-    let stdio = [target.stdio(0), target.stdio(1), target.stdio(2)];
-    let ids = target.caller_ids();
     let (pid, parent_pid) = ids.map(|i| (i.tgid, i.ppid)).unwrap_or((tid, 0));
     Ok(ExecEvent {
         syscall: call.syscall,
@@ -129,6 +151,24 @@ pub fn inspect_exec(
         },
         ancestors: Vec::new(),
     })
+}
+
+/// fds 0, 1, 2; a file shared between them (a dup) is described once.
+fn read_stdio(target: &dyn Target) -> [StdioKind; 3] {
+    let fd0 = target.stdio(0);
+    let fd1 = if fd0 != StdioKind::Closed && target.same_file(1, 0) {
+        fd0.clone()
+    } else {
+        target.stdio(1)
+    };
+    let fd2 = if fd1 != StdioKind::Closed && target.same_file(2, 1) {
+        fd1.clone()
+    } else if fd0 != StdioKind::Closed && fd0 != fd1 && target.same_file(2, 0) {
+        fd0.clone()
+    } else {
+        target.stdio(2)
+    };
+    [fd0, fd1, fd2]
 }
 
 /// Fill in the caller's exe and cmdline and its ancestors, nearest first, up to the
@@ -183,15 +223,102 @@ pub fn add_caller_context(
     Ok(())
 }
 
+/// Bytes of the first read of each string: enough for nearly every path and argument, so one
+/// batched read usually fetches all of argv.
+const FIRST_CHUNK: usize = 512;
+
 /// A string read from the caller, and whether it ended (NUL) within the limit.
 struct CString {
-    text: String,
+    bytes: Vec<u8>,
     complete: bool,
 }
 
-/// Read a NUL-terminated string of at most `max` bytes; `None` if its first byte cannot be
-/// read. Reads stop at page boundaries so that a string ending before an unmapped page is
-/// read whole.
+/// Bytes to ask for first at `addr`: never across a page boundary (the next page may be
+/// unmapped while the string ends before it).
+fn chunk_len(addr: u64, cap: usize) -> usize {
+    ((PAGE - addr % PAGE) as usize).min(cap)
+}
+
+/// Read all `ranges` in one batch; a range the batch could not complete (unreadable memory in
+/// it or before it) is read again alone, so one bad range spoils nothing else. Per range: the
+/// bytes read, short where memory ended.
+fn read_ranges(target: &dyn Target, ranges: &[(u64, usize)]) -> Vec<Vec<u8>> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    let mut buf = vec![0u8; total];
+    let got = target.read_memory_batch(ranges, &mut buf).unwrap_or(0);
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut offset = 0;
+    for &(addr, len) in ranges {
+        if offset + len <= got {
+            out.push(buf[offset..offset + len].to_vec());
+        } else {
+            let mut alone = vec![0u8; len];
+            let n = if addr == 0 || len == 0 {
+                0
+            } else {
+                target.read_memory(addr, &mut alone).unwrap_or(0)
+            };
+            alone.truncate(n);
+            out.push(alone);
+        }
+        offset += len;
+    }
+    out
+}
+
+/// Finish a string whose first `asked` bytes came back as `head`: stop at the NUL, or read on
+/// up to `max` bytes. `None` when not even the first byte was readable.
+fn finish_string(
+    target: &dyn Target,
+    addr: u64,
+    mut head: Vec<u8>,
+    asked: usize,
+    max: usize,
+) -> Option<CString> {
+    if let Some(nul) = head.iter().position(|&b| b == 0) {
+        head.truncate(nul.min(max));
+        return Some(CString {
+            bytes: head,
+            complete: nul <= max,
+        });
+    }
+    if head.is_empty() {
+        return None;
+    }
+    if head.len() >= max {
+        head.truncate(max);
+        return Some(CString {
+            bytes: head,
+            complete: false,
+        });
+    }
+    if head.len() < asked {
+        // Unreadable memory before the terminator.
+        return Some(CString {
+            bytes: head,
+            complete: false,
+        });
+    }
+    let rest = addr
+        .checked_add(head.len() as u64)
+        .and_then(|at| read_c_string(target, at, max - head.len()));
+    match rest {
+        Some(r) => {
+            head.extend_from_slice(&r.bytes);
+            Some(CString {
+                bytes: head,
+                complete: r.complete,
+            })
+        }
+        None => Some(CString {
+            bytes: head,
+            complete: false,
+        }),
+    }
+}
+
+/// Read a NUL-terminated string of at most `max` bytes, page by page; `None` if its first
+/// byte cannot be read.
 fn read_c_string(target: &dyn Target, addr: u64, max: usize) -> Option<CString> {
     if addr == 0 {
         return None;
@@ -200,33 +327,25 @@ fn read_c_string(target: &dyn Target, addr: u64, max: usize) -> Option<CString> 
     let mut chunk = [0u8; PAGE as usize];
     while bytes.len() < max {
         let at = addr.checked_add(bytes.len() as u64)?;
-        let in_page = (PAGE - at % PAGE) as usize;
-        let want = in_page.min(max - bytes.len());
-        let got = match target.read_memory(at, &mut chunk[..want]) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let want = chunk_len(at, max - bytes.len());
+        let got = target.read_memory(at, &mut chunk[..want]).unwrap_or(0);
         if let Some(nul) = chunk[..got].iter().position(|&b| b == 0) {
             bytes.extend_from_slice(&chunk[..nul]);
             return Some(CString {
-                text: lossy(bytes),
+                bytes,
                 complete: true,
             });
         }
         bytes.extend_from_slice(&chunk[..got]);
         if got < want {
-            // Unreadable memory before the terminator.
-            if bytes.is_empty() {
-                return None;
-            }
-            return Some(CString {
-                text: lossy(bytes),
+            return (!bytes.is_empty()).then_some(CString {
+                bytes,
                 complete: false,
             });
         }
     }
     Some(CString {
-        text: lossy(bytes),
+        bytes,
         complete: false,
     })
 }
@@ -240,48 +359,105 @@ struct Argv {
     truncated: bool,
 }
 
-/// Read argv: the pointer array (entries of `ptr_size` bytes) and each string, within the
-/// limits. Anything cut or unreadable sets `truncated`.
-fn read_argv(target: &dyn Target, argv_addr: u64, ptr_size: usize, limits: &InspectLimits) -> Argv {
-    let mut out = Argv {
+/// The path argument and argv, in as few reads as possible: the path's first chunk and the
+/// pointer table in one batch, then the first chunk of every string in a second; only long or
+/// broken strings cost more reads.
+fn read_path_and_argv(
+    target: &dyn Target,
+    path_addr: u64,
+    argv_addr: u64,
+    ptr_size: usize,
+    limits: &InspectLimits,
+) -> (Option<CString>, Argv) {
+    let table_full = (limits.max_args + 1) * ptr_size;
+    let path_ask = if path_addr == 0 {
+        0
+    } else {
+        chunk_len(path_addr, limits.max_path_bytes.min(FIRST_CHUNK))
+    };
+    let table_ask = if argv_addr == 0 {
+        0
+    } else {
+        chunk_len(argv_addr, table_full)
+    };
+    let mut first = read_ranges(target, &[(path_addr, path_ask), (argv_addr, table_ask)]);
+    let mut table = first.pop().unwrap_or_default();
+    let path_head = first.pop().unwrap_or_default();
+    let path = if path_addr == 0 {
+        None
+    } else {
+        finish_string(
+            target,
+            path_addr,
+            path_head,
+            path_ask,
+            limits.max_path_bytes,
+        )
+    };
+
+    let mut argv = Argv {
         args: Vec::new(),
         truncated: false,
     };
     if argv_addr == 0 {
         // Linux runs a NULL argv as an empty one.
-        return out;
+        return (path, argv);
     }
-    let table = read_bytes(target, argv_addr, (limits.max_args + 1) * ptr_size);
-    let mut budget = limits.max_args_total;
-    for (i, entry) in table.chunks_exact(ptr_size).enumerate() {
+    let has_null = |t: &[u8]| t.chunks_exact(ptr_size).any(|e| e.iter().all(|&b| b == 0));
+    if table.len() == table_ask && table_ask < table_full && !has_null(&table) {
+        // The table crosses a page: read on.
+        table.extend(read_bytes(
+            target,
+            argv_addr + table_ask as u64,
+            table_full - table_ask,
+        ));
+    }
+    let mut pointers = Vec::new();
+    let mut ended = false;
+    for entry in table.chunks_exact(ptr_size) {
         let ptr = match ptr_size {
             4 => u32::from_ne_bytes([entry[0], entry[1], entry[2], entry[3]]) as u64,
             _ => u64::from_ne_bytes(entry.try_into().unwrap_or([0; 8])),
         };
         if ptr == 0 {
-            return out;
+            ended = true;
+            break;
         }
-        if i == limits.max_args || budget == 0 {
-            out.truncated = true;
-            return out;
+        if pointers.len() == limits.max_args {
+            break;
         }
-        let cap = limits.max_arg_bytes.min(budget);
-        match read_c_string(target, ptr, cap) {
+        pointers.push(ptr);
+    }
+    // No NULL seen: more entries than we keep, or the table ran into unreadable memory.
+    argv.truncated = !ended;
+
+    let head_cap = limits.max_arg_bytes.min(FIRST_CHUNK);
+    let ranges: Vec<(u64, usize)> = pointers
+        .iter()
+        .map(|&p| (p, chunk_len(p, head_cap)))
+        .collect();
+    let heads = read_ranges(target, &ranges);
+    let mut budget = limits.max_args_total;
+    for (&(addr, asked), head) in ranges.iter().zip(heads) {
+        if budget == 0 {
+            argv.truncated = true;
+            break;
+        }
+        let max = limits.max_arg_bytes.min(budget);
+        match finish_string(target, addr, head, asked, max) {
             Some(s) => {
-                budget -= s.text.len().min(budget);
-                out.truncated |= !s.complete;
-                out.args.push(s.text);
+                budget -= s.bytes.len().min(budget);
+                argv.truncated |= !s.complete;
+                argv.args.push(lossy(s.bytes));
             }
             None => {
-                // Unreadable string pointer: a "" string reads as complete, so this is not it.
-                out.truncated = true;
-                return out;
+                // An unreadable pointer (a "" string reads fine): argv stops here.
+                argv.truncated = true;
+                break;
             }
         }
     }
-    // The table ended (unreadable memory) before a NULL entry.
-    out.truncated = true;
-    out
+    (path, argv)
 }
 
 /// Read up to `len` bytes, stopping at the first unreadable page.
@@ -292,7 +468,7 @@ fn read_bytes(target: &dyn Target, addr: u64, len: usize) -> Vec<u8> {
         let Some(at) = addr.checked_add(got as u64) else {
             break;
         };
-        let want = ((PAGE - at % PAGE) as usize).min(len - got);
+        let want = chunk_len(at, len - got);
         match target.read_memory(at, &mut out[got..got + want]) {
             Ok(n) if n > 0 => {
                 got += n;
@@ -401,6 +577,10 @@ mod tests {
         reads_until_gone: Cell<Option<usize>>,
         gone: Cell<bool>,
         reads: Cell<usize>,
+        batches: Cell<usize>,
+        /// fd pairs that are one open file (dups).
+        dups: Vec<(i32, i32)>,
+        stdio_calls: Cell<usize>,
     }
 
     impl FakeTarget {
@@ -419,6 +599,17 @@ mod tests {
                 .entry(page)
                 .or_insert_with(|| vec![0; PAGE as usize]);
         }
+        /// After `reads_until_gone` reads, the caller is gone (reads fail, not pending).
+        fn count_down_to_vanishing(&self) -> io::Result<()> {
+            if let Some(n) = self.reads_until_gone.get() {
+                if n == 0 {
+                    self.gone.set(true);
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                self.reads_until_gone.set(Some(n - 1));
+            }
+            Ok(())
+        }
         fn map_ptrs(&mut self, addr: u64, ptrs: &[u64]) {
             let bytes: Vec<u8> = ptrs.iter().flat_map(|p| p.to_ne_bytes()).collect();
             self.map(addr, &bytes);
@@ -434,13 +625,7 @@ mod tests {
         }
         fn read_memory(&self, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
             self.reads.set(self.reads.get() + 1);
-            if let Some(n) = self.reads_until_gone.get() {
-                if n == 0 {
-                    self.gone.set(true);
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                self.reads_until_gone.set(Some(n - 1));
-            }
+            self.count_down_to_vanishing()?;
             let mut n = 0;
             while n < buf.len() {
                 let a = addr + n as u64;
@@ -455,7 +640,32 @@ mod tests {
             }
             Ok(n)
         }
+        fn read_memory_batch(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> io::Result<usize> {
+            self.batches.set(self.batches.get() + 1);
+            self.count_down_to_vanishing()?;
+            let mut done = 0;
+            for &(addr, len) in ranges {
+                let mut n = 0;
+                while n < len {
+                    let a = addr + n as u64;
+                    match self.pages.get(&(a / PAGE)) {
+                        Some(p) => out[done + n] = p[(a % PAGE) as usize],
+                        None => break,
+                    }
+                    n += 1;
+                }
+                done += n;
+                if n < len {
+                    break;
+                }
+            }
+            Ok(done)
+        }
+        fn same_file(&self, a: i32, b: i32) -> bool {
+            self.dups.contains(&(a, b)) || self.dups.contains(&(b, a))
+        }
         fn stdio(&self, fd: i32) -> StdioKind {
+            self.stdio_calls.set(self.stdio_calls.get() + 1);
             self.stdio[fd as usize].clone().unwrap_or(StdioKind::Closed)
         }
         fn caller_ids(&self) -> Option<TaskIds> {
@@ -558,6 +768,90 @@ mod tests {
         assert!(ev.stdio.iter().all(StdioKind::is_network_socket));
         assert_eq!((ev.tid, ev.pid, ev.parent_pid), (300, 300, 200));
         assert!(ev.ancestors.is_empty(), "context is a separate step");
+    }
+
+    #[test]
+    fn fake_typical_argv_costs_two_batched_reads() {
+        let t = reverse_shell_fake();
+        let ev = inspect_exec(
+            &t,
+            EXECVE,
+            &[0x10_000, 0x20_000, 0, 0, 0, 0],
+            &InspectLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(ev.args, ["sh", "-c", "id"]);
+        assert_eq!(
+            (t.batches.get(), t.reads.get()),
+            (2, 0),
+            "path+table, then all strings"
+        );
+        // A string longer than the first chunk costs one more read, and is still whole.
+        let mut t = reverse_shell_fake();
+        let long = "L".repeat(3000);
+        t.map(0x11_000, format!("{long}\0").as_bytes());
+        t.map_ptrs(0x20_000, &[0x10_100, 0x11_000, 0]);
+        let ev = inspect_exec(
+            &t,
+            EXECVE,
+            &[0x10_000, 0x20_000, 0, 0, 0, 0],
+            &InspectLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(ev.args, ["sh".to_string(), long]);
+        assert!(!ev.args_truncated);
+        assert_eq!((t.batches.get(), t.reads.get()), (2, 1));
+    }
+
+    #[test]
+    fn fake_dup_stdio_is_described_once() {
+        let args = [0x10_000, 0x20_000, 0, 0, 0, 0];
+        let lim = InspectLimits::default();
+        let mut t = reverse_shell_fake();
+        t.dups = vec![(0, 1), (1, 2), (0, 2)];
+        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
+        assert!(ev.stdio.iter().all(StdioKind::is_network_socket));
+        assert_eq!(t.stdio_calls.get(), 1);
+        // `2>&1` with another stdin: two descriptions.
+        let mut t = reverse_shell_fake();
+        t.stdio[0] = Some(StdioKind::CharDevice);
+        t.dups = vec![(1, 2)];
+        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
+        assert_eq!(ev.stdio[0], StdioKind::CharDevice);
+        assert!(ev.stdio[1].is_network_socket() && ev.stdio[2].is_network_socket());
+        assert_eq!(t.stdio_calls.get(), 2);
+        // Nothing shared: three.
+        let mut t = reverse_shell_fake();
+        t.stdio = [
+            Some(StdioKind::Pipe),
+            Some(StdioKind::CharDevice),
+            Some(StdioKind::RegularFile),
+        ];
+        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
+        assert_eq!(
+            ev.stdio,
+            [
+                StdioKind::Pipe,
+                StdioKind::CharDevice,
+                StdioKind::RegularFile
+            ]
+        );
+        assert_eq!(t.stdio_calls.get(), 3);
+    }
+
+    #[test]
+    fn fake_one_bad_pointer_does_not_spoil_the_batch_before_it() {
+        let mut t = reverse_shell_fake();
+        t.map_ptrs(0x20_000, &[0x10_100, 0x10_103, 0xdead_0000, 0x10_106, 0]);
+        let ev = inspect_exec(
+            &t,
+            EXECVE,
+            &[0x10_000, 0x20_000, 0, 0, 0, 0],
+            &InspectLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(ev.args, ["sh", "-c"]);
+        assert!(ev.args_truncated);
     }
 
     #[test]
@@ -733,7 +1027,7 @@ mod tests {
     #[test]
     fn fake_caller_vanishing_mid_read_is_not_an_error() {
         let t = reverse_shell_fake();
-        t.reads_until_gone.set(Some(2));
+        t.reads_until_gone.set(Some(1));
         let r = inspect_exec(
             &t,
             EXECVE,

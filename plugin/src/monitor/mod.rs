@@ -99,7 +99,7 @@ pub struct MonitorConfig {
     pub handover_deadline: Duration,
     /// Largest accepted handover payload.
     pub max_payload: usize,
-    /// Handover connections served at once; more are refused.
+    /// Handover connections read at once; more wait in the listen backlog (not refused).
     pub max_concurrent_handovers: usize,
     pub limits: InspectLimits,
     pub caller_context: CallerContext,
@@ -113,7 +113,7 @@ impl Default for MonitorConfig {
             workers: 2,
             handover_deadline: Duration::from_secs(5),
             max_payload: 64 * 1024,
-            max_concurrent_handovers: 64,
+            max_concurrent_handovers: 256,
             limits: InspectLimits::default(),
             caller_context: CallerContext::default(),
             on_listener: None,
@@ -171,8 +171,16 @@ pub type ListenerId = u64;
 pub struct MonitorHandle {
     engine: Arc<notify::Engine>,
     workers: Vec<JoinHandle<()>>,
-    socket: Option<(PathBuf, Arc<UnixListener>, JoinHandle<()>)>,
+    socket: Option<Acceptor>,
     max_payload: usize,
+}
+
+/// The thread serving the listener socket.
+struct Acceptor {
+    path: PathBuf,
+    listener: Arc<UnixListener>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<()>,
 }
 
 /// Start the workers and, unless `listener_path` is empty, the listener socket.
@@ -212,12 +220,18 @@ pub fn start(cfg: MonitorConfig, judge: Arc<dyn ExecJudge>) -> Result<MonitorHan
             max_payload: cfg.max_payload,
             max_connections: cfg.max_concurrent_handovers.max(1),
         };
-        let (l, e) = (listener.clone(), engine.clone());
-        let t = std::thread::Builder::new()
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, e, s) = (listener.clone(), engine.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
             .name("rce-guard-accept".into())
-            .spawn(move || handover::accept_loop(l, e, acceptor_cfg))
+            .spawn(move || handover::accept_loop(l, e, acceptor_cfg, s))
             .map_err(MonitorError::Thread)?;
-        handle.socket = Some((cfg.listener_path.clone(), listener, t));
+        handle.socket = Some(Acceptor {
+            path: cfg.listener_path.clone(),
+            listener,
+            stop,
+            thread,
+        });
         tracing::info!(path = %cfg.listener_path.display(), workers = cfg.workers, "seccomp monitor listening");
     }
     Ok(handle)
@@ -251,7 +265,7 @@ impl MonitorHandle {
 
     /// Path of the listener socket, if one is served.
     pub fn listener_path(&self) -> Option<&Path> {
-        self.socket.as_ref().map(|(p, _, _)| p.as_path())
+        self.socket.as_ref().map(|a| a.path.as_path())
     }
 
     /// Stop accepting and answering, and hand back every listener fd. Dropping them makes the
@@ -262,11 +276,12 @@ impl MonitorHandle {
     }
 
     fn stop_threads(&mut self) {
-        if let Some((path, listener, thread)) = self.socket.take() {
-            // Shutting a listening socket down makes a blocked accept() return EINVAL.
-            let _ = rustix::net::shutdown(&*listener, rustix::net::Shutdown::Both);
-            let _ = thread.join();
-            let _ = std::fs::remove_file(&path);
+        if let Some(a) = self.socket.take() {
+            a.stop.store(true, std::sync::atomic::Ordering::Release);
+            // A shut-down listening socket polls readable: that wakes the acceptor.
+            let _ = rustix::net::shutdown(&*a.listener, rustix::net::Shutdown::Both);
+            let _ = a.thread.join();
+            let _ = std::fs::remove_file(&a.path);
         }
         self.engine.stop();
         for w in self.workers.drain(..) {
@@ -291,5 +306,81 @@ fn raise_fd_limit() {
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::exec_event::ExecEvent;
+    use crate::verdict::Action;
+
+    struct Allow;
+    impl ExecJudge for Allow {
+        fn judge(&self, _: &WatchedContainer, _: &ExecEvent) -> Action {
+            Action::Allow
+        }
+    }
+
+    #[test]
+    fn shutdown_is_prompt_and_idle_with_connections_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let cfg = MonitorConfig {
+            listener_path: path.clone(),
+            ..MonitorConfig::default()
+        };
+        let mon = start(cfg, Arc::new(Allow)).unwrap();
+        assert_eq!(mon.listener_path(), Some(path.as_path()));
+        let _stalled = UnixStream::connect(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(mon.shutdown().len()));
+        let released = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("shutdown returns");
+        assert_eq!(released, 0);
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "shutdown took {:?}",
+            t0.elapsed()
+        );
+        assert!(!path.exists(), "socket file removed");
+    }
+
+    #[test]
+    fn adopt_rejects_what_is_not_a_listener() {
+        let cfg = MonitorConfig {
+            listener_path: PathBuf::new(),
+            ..MonitorConfig::default()
+        };
+        let mon = start(cfg, Arc::new(Allow)).unwrap();
+        assert_eq!(mon.listener_path(), None);
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let payload = br#"{"fds":["seccompFd"],"state":{"id":"c1","pid":1}}"#;
+        assert!(matches!(
+            mon.adopt(null, payload),
+            Err(AdoptError::NotSeccompListener)
+        ));
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        assert!(matches!(
+            mon.adopt(null, b"nope"),
+            Err(AdoptError::Payload(_))
+        ));
+        assert!(mon.watched().is_empty());
+        assert!(matches!(
+            start(
+                MonitorConfig {
+                    workers: 0,
+                    ..MonitorConfig::default()
+                },
+                Arc::new(Allow)
+            ),
+            Err(MonitorError::NoWorkers)
+        ));
     }
 }

@@ -35,6 +35,9 @@ const WAKE_TOKEN: u64 = 0;
 const REPEAT_WINDOW: Duration = Duration::from_secs(2);
 const REPEAT_CAPACITY: usize = 4096;
 
+/// Notifications served from one fd in a row before it goes back behind the other ready fds.
+const FAIR_SHARE: usize = 16;
+
 /// One adopted seccomp listener fd.
 pub(crate) struct Listener {
     token: u64,
@@ -187,11 +190,24 @@ impl Engine {
             return;
         }
         if flags.contains(EpollFlags::EPOLLIN) {
-            if let Err(e) = self.serve_one(&listener) {
-                tracing::error!(container_id = %listener.container.container_id, error = %e, "listener fd broken");
-                bump(&self.counters.listener_errors);
-                self.close(token, "listener fd broken");
-                return;
+            // Serve this fd while it has notifications pending, up to a fair share: a caller
+            // that execs again right after our answer (a shell loop, a build) is then served
+            // without a trip through epoll, which would wake the other worker for nothing.
+            for _ in 0..FAIR_SHARE {
+                if let Err(e) = self.serve_one(&listener) {
+                    tracing::error!(container_id = %listener.container.container_id, error = %e, "listener fd broken");
+                    bump(&self.counters.listener_errors);
+                    self.close(token, "listener fd broken");
+                    return;
+                }
+                match poll_now(listener.fd.as_fd()) {
+                    Readiness::Pending => continue,
+                    Readiness::Idle => break,
+                    Readiness::HungUp => {
+                        self.close(token, "every task using the filter has exited");
+                        return;
+                    }
+                }
             }
         }
         if let Err(e) = self.epoll.modify(listener.fd.as_fd(), &mut interest(token)) {
@@ -248,7 +264,10 @@ impl Engine {
         };
         if let Some(action) = repeat {
             bump(&self.counters.repeats_answered);
-            self.answer(l, notif.id, action, Some(target.pidfd()));
+            if !self.answer(l, notif.id, action, Some(target.pidfd())) {
+                // Interrupted again: keep the verdict for the next retry.
+                lock(&self.repeats).record(l.token, event.tid, fingerprint, action, Instant::now());
+            }
             return Ok(());
         }
         if self.context.wants(&event) {
@@ -260,8 +279,11 @@ impl Engine {
             }
         }
         let action = self.judge(l, &event);
-        self.answer(l, notif.id, action, Some(target.pidfd()));
-        lock(&self.repeats).record(l.token, event.tid, fingerprint, action, Instant::now());
+        if !self.answer(l, notif.id, action, Some(target.pidfd())) {
+            // The caller left the wait before our answer landed: the kernel will notify the
+            // same exec again if it was only interrupted. Remember the verdict for that.
+            lock(&self.repeats).record(l.token, event.tid, fingerprint, action, Instant::now());
+        }
         Ok(())
     }
 
@@ -282,7 +304,8 @@ impl Engine {
     /// the syscall, then never runs another instruction (an EPERM first would let it return
     /// to user space, print, exit or fork before the signal lands). The EPERM still follows,
     /// so the exec is denied even if the kill failed.
-    fn answer(&self, l: &Listener, id: u64, action: Action, pidfd: Option<BorrowedFd<'_>>) {
+    /// Returns whether the answer reached a waiting caller.
+    fn answer(&self, l: &Listener, id: u64, action: Action, pidfd: Option<BorrowedFd<'_>>) -> bool {
         let killed = match (action, pidfd) {
             (Action::Kill, Some(p)) => match sys::pidfd_kill(p) {
                 Ok(()) => true,
@@ -301,24 +324,27 @@ impl Engine {
             Action::Allow => Reply::Continue,
             Action::Deny | Action::Kill => Reply::Fail(libc::EPERM),
         };
-        match sys::notif_send(l.fd.as_fd(), id, reply) {
-            Ok(()) => {}
+        let landed = match sys::notif_send(l.fd.as_fd(), id, reply) {
+            Ok(()) => true,
             // Killed callers leave at once; only count the unexpected departures.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 if !killed {
                     bump(&self.counters.vanished)
                 }
+                false
             }
             Err(e) => {
                 tracing::warn!(container_id = %l.container.container_id, error = %e, "NOTIF_SEND failed");
                 bump(&self.counters.listener_errors);
+                false
             }
-        }
+        };
         match action {
             Action::Allow => bump(&self.counters.allowed),
             Action::Kill if killed => bump(&self.counters.killed),
             Action::Deny | Action::Kill => bump(&self.counters.denied),
         }
+        landed
     }
 
     fn send(&self, l: &Listener, id: u64, reply: Reply) {
@@ -396,6 +422,31 @@ impl Engine {
                 (l.container, l.fd)
             })
             .collect()
+    }
+}
+
+enum Readiness {
+    Pending,
+    Idle,
+    HungUp,
+}
+
+/// Non-blocking poll of one listener fd.
+fn poll_now(fd: BorrowedFd<'_>) -> Readiness {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => {
+            let r = fds[0].revents().unwrap_or(PollFlags::empty());
+            if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                Readiness::HungUp
+            } else if r.contains(PollFlags::POLLIN) {
+                Readiness::Pending
+            } else {
+                Readiness::Idle
+            }
+        }
+        _ => Readiness::Idle,
     }
 }
 

@@ -2,11 +2,13 @@
 //!
 //! A Go runtime (runc itself, and Go programs in containers) retries an `execve` that a signal
 //! interrupted while it waited for our answer: same thread, same path and argv, new
-//! notification id. Each retry would otherwise be judged, and reported, again. We remember
-//! the last judged exec per (listener, thread) for a short window, as a keyed hash of
-//! everything the judge saw that could differ between two execs (program, argv, stdio), and
-//! answer an identical one with the same action. Because stdio is part of the key, a thread
-//! that swaps its fds to a socket and execs the same command again is judged again.
+//! notification id. Each retry would otherwise be judged, and reported, again. When an answer
+//! does not reach its caller (it left the wait), we remember the verdict per (listener,
+//! thread) for a short window, as a keyed hash of everything the judge saw that could differ
+//! between two execs (program, argv, stdio), and answer an identical retry with the same
+//! action. Answers that landed are not remembered: the next exec of that thread is a new one.
+//! Because stdio is part of the key, a thread that swaps its fds to a socket and execs the
+//! same command again is judged again.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};

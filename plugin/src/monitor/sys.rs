@@ -273,6 +273,38 @@ pub fn pidfd_kill(pidfd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::process::pidfd_send_signal(pidfd, Signal::KILL)?)
 }
 
+/// Whether `kcmp` exists here (CONFIG_KCMP); cleared on the first ENOSYS.
+static KCMP_WORKS: AtomicBool = AtomicBool::new(true);
+const KCMP_FILE: libc::c_int = 0;
+
+/// Do fds `a` and `b` of task `tid` refer to the same open file (one was dup'ed from the
+/// other)? `Ok(false)` also when the kernel cannot tell (no kcmp).
+pub fn same_open_file(tid: i32, a: i32, b: i32) -> io::Result<bool> {
+    if !KCMP_WORKS.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    // SAFETY: kcmp takes only integers (pids, a type and two fd numbers); no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            tid,
+            tid,
+            KCMP_FILE,
+            a as libc::c_ulong,
+            b as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOSYS) {
+            KCMP_WORKS.store(false, Ordering::Relaxed);
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(rc == 0)
+}
+
 /// Ids of a task, read through its pidfd with no /proc access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskIds {
@@ -345,6 +377,56 @@ pub fn read_task_memory(tid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize
     // SAFETY: the local iovec covers exactly `buf`, which we borrow mutably for the call; the
     // remote iovec is only interpreted by the kernel in the target's address space.
     let n = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Most ranges one batched read takes (argv strings plus slack); `IOV_MAX` is 1024.
+pub const MAX_READ_RANGES: usize = 128;
+
+/// `process_vm_readv` of several ranges into `out` (back to back): one syscall for argv.
+/// Returns the bytes copied, which stop at the first unreadable byte.
+pub fn read_task_memory_ranges(
+    tid: i32,
+    ranges: &[(u64, usize)],
+    out: &mut [u8],
+) -> io::Result<usize> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    if ranges.len() > MAX_READ_RANGES || total > out.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many or too large ranges",
+        ));
+    }
+    if total == 0 {
+        return Ok(0);
+    }
+    let remote: Vec<libc::iovec> = ranges
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: total,
+    };
+    // SAFETY: the local iovec covers the first `total` bytes of `out` (checked above), which
+    // we borrow mutably for the call; remote iovecs are only interpreted by the kernel in the
+    // target's address space.
+    let n = unsafe {
+        libc::process_vm_readv(
+            tid,
+            &local,
+            1,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

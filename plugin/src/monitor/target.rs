@@ -28,8 +28,9 @@ pub struct LiveTarget<'a> {
 }
 
 impl<'a> LiveTarget<'a> {
-    /// Open a pidfd for the notification's caller and make sure it is that caller (not a
-    /// task that reused its tid). `Ok(None)` when the caller is already gone.
+    /// Open a pidfd for the notification's caller. `Ok(None)` when the caller is already
+    /// gone. The tid could in principle belong to a newer task by now; inspection's final
+    /// `still_pending` check rules that out (a pending caller never released its tid).
     pub fn attach(listener: BorrowedFd<'a>, notif: &Notification) -> io::Result<Option<Self>> {
         let tid = notif.tid as i32;
         let pidfd = match sys::pidfd_open_task(tid) {
@@ -39,11 +40,6 @@ impl<'a> LiveTarget<'a> {
             }
             Err(e) => return Err(e),
         };
-        // The pidfd was opened before this check; if the notification is still pending, the
-        // tid still belonged to the caller then.
-        if !sys::notif_id_valid(listener, notif.id)? {
-            return Ok(None);
-        }
         Ok(Some(LiveTarget {
             listener,
             notif_id: notif.id,
@@ -71,12 +67,20 @@ impl Target for LiveTarget<'_> {
         sys::read_task_memory(self.tid, addr, buf)
     }
 
+    fn read_memory_batch(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> io::Result<usize> {
+        sys::read_task_memory_ranges(self.tid, ranges, out)
+    }
+
     fn stdio(&self, fd: i32) -> StdioKind {
         match sys::pidfd_getfd(self.pidfd.as_fd(), fd) {
             Ok(copy) => describe_fd(copy.as_fd()),
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => StdioKind::Closed,
             Err(_) => StdioKind::Unknown,
         }
+    }
+
+    fn same_file(&self, a: i32, b: i32) -> bool {
+        sys::same_open_file(self.tid, a, b).unwrap_or(false)
     }
 
     fn caller_ids(&self) -> Option<TaskIds> {
