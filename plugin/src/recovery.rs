@@ -7,7 +7,9 @@
 //! drops the stale notification and transparently restarts the execve, which the new judge
 //! then receives like any other. Kicking a task whose exec was not stuck is harmless for the
 //! same reason (the syscall restarts), so after a restart we kick every task of the watched
-//! containers that sits in execve/execveat.
+//! containers that sits in execve/execveat waiting for a seccomp answer (its wchan says so;
+//! tasks in execve for other reasons are left alone). `tests/holder_exec.rs` shows a stuck
+//! exec recovered this way.
 
 use std::collections::HashSet;
 use std::path::Path;
