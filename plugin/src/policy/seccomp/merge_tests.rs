@@ -606,6 +606,9 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 0
+    }
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[(self.next() % items.len() as u64) as usize]
     }
@@ -615,23 +618,19 @@ fn random_profile(rng: &mut Rng) -> SeccompPolicy {
     const ACTIONS: [&str; 6] = [ALLOW, LOG, ERRNO, KILL_PROCESS, TRAP, ALLOW];
     const NAMES: [&str; 3] = ["execve", "execveat", "openat"];
     let mut p = SeccompPolicy::with_default(rng.pick(&[ALLOW, ERRNO, KILL_PROCESS, LOG]));
-    if rng.next() % 2 == 0 {
+    if rng.coin() {
         p.default_errno_ret = Some(1 + (rng.next() % 2) as u32);
     }
     for _ in 0..(rng.next() % 5) {
-        let mut names: Vec<&str> = NAMES
-            .iter()
-            .copied()
-            .filter(|_| rng.next() % 2 == 0)
-            .collect();
+        let mut names: Vec<&str> = NAMES.iter().copied().filter(|_| rng.coin()).collect();
         if names.is_empty() {
             names.push(rng.pick(&NAMES));
         }
         let mut rule = SyscallRule::new(&names, rng.pick(&ACTIONS));
-        if rule.action == ERRNO && rng.next() % 2 == 0 {
+        if rule.action == ERRNO && rng.coin() {
             rule.errno_ret = Some(1 + (rng.next() % 2) as u32);
         }
-        if rng.next() % 2 == 0 {
+        if rng.coin() {
             rule.args.push(SyscallArg {
                 index: 0,
                 value: 1 + rng.next() % 3,
