@@ -114,6 +114,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             listener: cfg.monitor.listener.clone(),
             control: cfg.monitor.holder_socket.clone(),
             json_logs: args.log_format == crate::cli::LogFormat::Json,
+            start_holder: cfg.monitor.start_holder,
+            when_replaced: cfg.monitor.when_replaced,
         };
         let link = holder_link::connect_or_spawn(&paths)?;
         let (m, st) = (monitor.clone(), holder_state.clone());

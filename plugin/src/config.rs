@@ -46,6 +46,17 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// What an agent or holder does once a newer one has taken over from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenReplaced {
+    /// Exit with status 0 (plain hosts, systemd).
+    #[default]
+    Exit,
+    /// Stay idle until SIGTERM (Kubernetes: an exited container would be restarted).
+    Wait,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -102,6 +113,14 @@ pub struct MonitorSection {
     pub holder: bool,
     /// The holder's control socket.
     pub holder_socket: PathBuf,
+    /// Start `rce-guard-holder` when none answers on `holder_socket`. Off where the holder runs
+    /// as its own container (the DaemonSet): a holder started by the agent would die with the
+    /// agent's container.
+    pub start_holder: bool,
+    /// When another agent takes over (upgrade): `exit`, or `wait` (stop judging and stay idle
+    /// until SIGTERM, so that kubelet does not restart the old pod's agent into a fight over
+    /// the holder).
+    pub when_replaced: WhenReplaced,
     /// Default action for an exec that matches the rule.
     pub mode: Mode,
     /// Whether the pod annotation `rce-guard.io/mode` may make a pod *less* strict than `mode`.
@@ -116,6 +135,8 @@ impl Default for MonitorSection {
             workers: 2,
             holder: true,
             holder_socket: PathBuf::from("/run/rce-guard/holder.sock"),
+            start_holder: true,
+            when_replaced: WhenReplaced::Exit,
             mode: Mode::Detect,
             allow_relaxing_by_annotation: false,
         }

@@ -52,6 +52,9 @@ pub struct HolderPaths {
     pub listener: PathBuf,
     pub control: PathBuf,
     pub json_logs: bool,
+    /// Start a holder when none answers (off: one runs as its own container; wait for it).
+    pub start_holder: bool,
+    pub when_replaced: crate::config::WhenReplaced,
 }
 
 /// The holder binary: next to our own executable.
@@ -108,6 +111,16 @@ pub fn connect_or_spawn(paths: &HolderPaths) -> anyhow::Result<HolderLink> {
     if let Ok(link) = HolderLink::connect(&paths.control) {
         tracing::info!(control = %paths.control.display(), "connected to the running fd holder");
         return Ok(link);
+    }
+    if !paths.start_holder {
+        // The holder is someone else's to run (its own container): wait for it, saying so.
+        loop {
+            tracing::warn!(control = %paths.control.display(), "waiting for the fd holder (monitor.start_holder = false)");
+            if let Some(link) = connect_with_retry(&paths.control, Duration::from_secs(10)) {
+                tracing::info!(control = %paths.control.display(), "connected to the fd holder");
+                return Ok(link);
+            }
+        }
     }
     spawn_holder(paths)?;
     connect_with_retry(&paths.control, Duration::from_secs(5)).with_context(|| {
@@ -193,7 +206,7 @@ pub fn run(
             HolderEvent::Replaced => {
                 tracing::warn!("another agent connected to the fd holder and takes over; this one stops judging and exits");
                 state.connected.store(false, Ordering::Relaxed);
-                hand_off_and_exit(monitor);
+                hand_off(monitor, paths.when_replaced);
             }
             HolderEvent::Closed => {
                 state.connected.store(false, Ordering::Relaxed);
@@ -277,16 +290,20 @@ fn recover_in_background(monitor: Arc<MonitorHandle>, state: Arc<HolderState>) {
     });
 }
 
-/// Stops answering (in-flight answers finish), then exits: the holder and the new judge have
-/// every fd.
-fn hand_off_and_exit(monitor: Arc<MonitorHandle>) -> ! {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok(m) = Arc::try_unwrap(monitor) {
-            drop(m.shutdown());
+/// Stops answering (in-flight answers finish), then exits or idles as configured: the holder
+/// and the new judge have every fd.
+fn hand_off(monitor: Arc<MonitorHandle>, when: crate::config::WhenReplaced) -> ! {
+    monitor.stop_judging();
+    // Let a worker finish the exec it is answering (a reported one waits up to 200 ms for its
+    // finding to be written); the new judge recovers any it could not.
+    std::thread::sleep(Duration::from_millis(300));
+    match when {
+        crate::config::WhenReplaced::Exit => std::process::exit(0),
+        crate::config::WhenReplaced::Wait => {
+            tracing::info!("replaced by a newer agent; idle until SIGTERM");
+            loop {
+                std::thread::park();
+            }
         }
-        let _ = tx.send(());
-    });
-    let _ = rx.recv_timeout(Duration::from_secs(2));
-    std::process::exit(0)
+    }
 }

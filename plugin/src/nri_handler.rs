@@ -24,7 +24,7 @@ use crate::nri::{EventMask, Plugin, PluginError, PluginResult, RuntimeInfo};
 use crate::policy::seccomp::nri::{from_nri_seccomp, to_nri_seccomp};
 use crate::policy::seccomp::{merge_exec_notify, HostArch, MergeOutcome, SeccompPolicy};
 use crate::policy::{encode_annotation, NotifyListener, SECCOMP_NOTIFY_ANNOTATION};
-use crate::registry::{ContainerState, Injection, PodEntry, Registry};
+use crate::registry::{ContainerState, Injection, PodEntry, Registry, SyncedContainer};
 use crate::selection;
 
 /// How a container gets our rule on the connected runtime.
@@ -254,14 +254,24 @@ impl Plugin for AgentPlugin {
     ) -> PluginResult<Vec<ContainerUpdate>> {
         let by_id: std::collections::HashMap<&str, &PodSandbox> =
             pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        // A container that carries our annotation (or our listener in the policy the runtime
+        // reports) was injected by an earlier agent: it must be monitored, and the coverage
+        // check says so if its fd is missing.
+        let listener = self.listener.path();
         let entries = containers
             .iter()
             .map(|c| {
-                (
-                    identity(by_id.get(c.pod_sandbox_id.as_str()).copied(), c),
-                    state_of(c),
-                    pid_of(c),
-                )
+                let ours = c.annotations.contains_key(SECCOMP_NOTIFY_ANNOTATION)
+                    || c.linux
+                        .as_ref()
+                        .and_then(|l| l.seccomp_policy.as_ref())
+                        .is_some_and(|p| p.listener_path == listener);
+                SyncedContainer {
+                    identity: identity(by_id.get(c.pod_sandbox_id.as_str()).copied(), c),
+                    state: state_of(c),
+                    pid: pid_of(c),
+                    injection: if ours { Injection::Requested } else { Injection::NotDecided },
+                }
             })
             .collect();
         self.registry
@@ -454,6 +464,18 @@ mod tests {
         assert_eq!(e.identity.pod_namespace, "shop");
         assert_eq!(e.identity.image, "busybox:1");
         assert_eq!(p.create_latency.summary().0, 1);
+    }
+
+    #[tokio::test]
+    async fn synchronize_marks_containers_an_earlier_agent_injected() {
+        let (p, reg) = plugin(InjectionConfig::default());
+        let mut ours = container();
+        ours.annotations.insert(SECCOMP_NOTIFY_ANNOTATION.into(), "{}".into());
+        let mut other = container();
+        other.id = "ctr-2".into();
+        p.synchronize(vec![pod("shop")], vec![ours, other]).await.unwrap();
+        assert_eq!(reg.container("ctr-1").unwrap().injection, Injection::Requested);
+        assert_eq!(reg.container("ctr-2").unwrap().injection, Injection::NotDecided);
     }
 
     #[tokio::test]

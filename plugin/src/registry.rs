@@ -71,6 +71,17 @@ pub struct Registry {
     inner: RwLock<Inner>,
 }
 
+/// One container as the runtime's Synchronize reports it.
+#[derive(Debug, Clone)]
+pub struct SyncedContainer {
+    pub identity: ContainerIdentity,
+    pub state: ContainerState,
+    pub pid: Option<u32>,
+    /// `Requested` when the container carries our rule from an earlier agent, else
+    /// `NotDecided`.
+    pub injection: Injection,
+}
+
 /// How an entry reached the registry, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -103,15 +114,11 @@ impl Registry {
 
     /// Replaces everything with the runtime's full state (Synchronize after every (re)connect).
     /// Injection decisions and start times of containers that are still there are kept.
-    pub fn synchronize(
-        &self,
-        pods: Vec<PodEntry>,
-        containers: Vec<(ContainerIdentity, ContainerState, Option<u32>)>,
-    ) {
+    pub fn synchronize(&self, pods: Vec<PodEntry>, containers: Vec<SyncedContainer>) {
         let mut inner = self.write();
         let mut old = std::mem::take(&mut inner.containers);
         inner.pods = pods.into_iter().map(|p| (p.id.clone(), p)).collect();
-        for (identity, state, pid) in containers {
+        for SyncedContainer { identity, state, pid, injection } in containers {
             let prev = old.remove(&identity.container_id);
             let is_new = prev.is_none();
             let entry = match prev {
@@ -119,13 +126,16 @@ impl Registry {
                     e.identity = identity;
                     e.state = state;
                     e.pid = pid.or(e.pid);
+                    if e.injection == Injection::NotDecided {
+                        e.injection = injection;
+                    }
                     e
                 }
                 None => ContainerEntry {
                     identity,
                     state,
                     pid,
-                    injection: Injection::NotDecided,
+                    injection,
                     first_seen: SystemTime::now(),
                     started_at: (state == ContainerState::Running).then(SystemTime::now),
                 },
@@ -339,6 +349,10 @@ mod tests {
         assert!(r.identity("a").is_none());
     }
 
+    fn synced(identity: ContainerIdentity, state: ContainerState, pid: Option<u32>) -> SyncedContainer {
+        SyncedContainer { identity, state, pid, injection: Injection::NotDecided }
+    }
+
     #[test]
     fn synchronize_replaces_state_but_keeps_decisions() {
         let r = Registry::new();
@@ -355,8 +369,8 @@ mod tests {
                 ..Default::default()
             }],
             vec![
-                (ident("keep", "p"), ContainerState::Running, Some(1)),
-                (ident("new", "p"), ContainerState::Created, None),
+                synced(ident("keep", "p"), ContainerState::Running, Some(1)),
+                synced(ident("new", "p"), ContainerState::Created, None),
             ],
         );
         assert_eq!(r.container("keep").unwrap().injection, Injection::Requested);

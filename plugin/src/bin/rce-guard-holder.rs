@@ -23,6 +23,10 @@ use rce_guard::holder::{Holder, HolderConfig};
         itself when none runs."
 )]
 struct Args {
+    /// After a newer holder took everything over: exit, or wait (idle until SIGTERM; use it
+    /// under Kubernetes, where an exited container is restarted and would take over back).
+    #[arg(long, value_enum, default_value = "exit")]
+    when_replaced: rce_guard::config::WhenReplaced,
     /// runc's listenerPath (where runc hands over listener fds).
     #[arg(long, default_value = "/run/rce-guard/monitor.sock")]
     listener: PathBuf,
@@ -67,6 +71,12 @@ fn main() -> ExitCode {
         handover_timeout: Duration::from_secs(5),
     };
     match Holder::start(cfg).and_then(Holder::run) {
+        Ok(()) if args.when_replaced == rce_guard::config::WhenReplaced::Wait => {
+            tracing::info!("handed over to a newer holder; idle until SIGTERM");
+            loop {
+                std::thread::park();
+            }
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rce-guard-holder: error: {e}");
