@@ -263,6 +263,14 @@ impl MonitorHandle {
         self.engine.watched()
     }
 
+    /// Stops answering notifications (each worker finishes the one it is on) while keeping
+    /// every listener fd open: for handing over to another judge, which then receives what
+    /// arrives next. Workers are not joined: one blocked in a receive that the other judge won
+    /// stays blocked harmlessly until the process ends.
+    pub fn stop_judging(&self) {
+        self.engine.stop();
+    }
+
     /// Path of the listener socket, if one is served.
     pub fn listener_path(&self) -> Option<&Path> {
         self.socket.as_ref().map(|a| a.path.as_path())
