@@ -2,8 +2,10 @@
 //! p90 over 30 runs each, interleaved. Prints the numbers; asserts only that every create
 //! worked (timings on a shared 2-core VM are not a pass/fail criterion).
 //!
-//! Run: `cargo test -p rce-guard --release --test wrapper_bench -- --ignored --nocapture`
+//! Run: `cargo bench -p rce-guard --bench wrapper_create` (as root, with runc installed).
 
+#[path = "../tests/wrapper_support/mod.rs"]
+#[allow(dead_code)]
 mod wrapper_support;
 
 use std::process::Stdio;
@@ -42,8 +44,6 @@ fn percentile(samples: &mut [Duration], p: usize) -> Duration {
     samples[(samples.len() * p / 100).min(samples.len() - 1)]
 }
 
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
 fn wrapper_overhead_on_create() {
     require_root_and_runc();
     let listener = TestListener::start();
@@ -113,8 +113,6 @@ fn wrapper_overhead_on_create() {
 
 /// The wrapper's own cost: the real runtime is `/bin/true`, so the difference to running
 /// `/bin/true` directly is parsing, merging, rewriting and one more exec.
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
 fn wrapper_own_cost_with_true_as_the_runtime() {
     let bundle = Bundle::new(&["/bin/true"]);
     bundle.request_monitoring(&bundle.state.path().join("unused.sock"), "cid=bench");
@@ -174,4 +172,9 @@ fn wrapper_own_cost_with_true_as_the_runtime() {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    wrapper_overhead_on_create();
+    wrapper_own_cost_with_true_as_the_runtime();
 }
