@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p rce-guard --bench wrapper_create` (as root, with runc installed).
 
 #[path = "../tests/wrapper_support/mod.rs"]
-#[allow(dead_code)]
 mod wrapper_support;
 
 use std::process::Stdio;

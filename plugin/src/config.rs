@@ -57,7 +57,7 @@ pub enum WhenReplaced {
     Wait,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -250,20 +250,6 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             socket: PathBuf::from("/run/rce-guard/admin.sock"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            nri: NriConfig::default(),
-            monitor: MonitorSection::default(),
-            injection: InjectionConfig::default(),
-            rule: RuleConfig::default(),
-            sinks: SinksConfig::default(),
-            admin: AdminConfig::default(),
         }
     }
 }

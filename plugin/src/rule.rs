@@ -75,7 +75,7 @@ struct Exception {
 
 impl Exception {
     fn matches(&self, id: &ContainerIdentity, ev: &ExecEvent) -> bool {
-        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| *n == id.pod_namespace))
+        (self.namespaces.is_empty() || self.namespaces.contains(&id.pod_namespace))
             && self
                 .pod_labels
                 .iter()
@@ -387,8 +387,7 @@ mod tests {
         assert_eq!(r.mode_for(&strict), Mode::Kill);
         assert_eq!(r.mode_for(&lax), Mode::Block);
         assert_eq!(r.mode_for(&junk), Mode::Block);
-        let mut rc = RuleConfig::default();
-        rc.dedup_window_secs = 1;
+        let rc = RuleConfig::default();
         let relaxing = Rule::new(
             &rc,
             &MonitorSection {

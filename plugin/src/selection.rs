@@ -19,7 +19,7 @@ pub fn decide(cfg: &InjectionConfig, pod: &PodEntry, is_sandbox: bool) -> Inject
     {
         return Injection::Skipped("the agent's own pod".into());
     }
-    if cfg.exclude_namespaces.iter().any(|n| *n == pod.namespace) {
+    if cfg.exclude_namespaces.contains(&pod.namespace) {
         return Injection::Skipped(format!("namespace {} is excluded", pod.namespace));
     }
     if pod.annotations.get(MONITOR_ANNOTATION).map(String::as_str) == Some("false") {

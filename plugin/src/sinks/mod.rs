@@ -133,7 +133,7 @@ impl FindingPipeline {
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
                 // Log every drop at first, then every 100th: the count is the record.
-                if n <= 10 || n % 100 == 0 {
+                if n <= 10 || n.is_multiple_of(100) {
                     tracing::error!(
                         dropped_total = n,
                         container_id = %obs.identity.container_id,
