@@ -89,11 +89,12 @@ fn run() -> Result<()> {
         println!("    | {line}");
     }
 
-    step("the finding rce-guard printed on stdout");
+    step("the finding rce-guard printed on stdout (one JSON line; pretty-printed below it)");
     let finding = agent.wait_for_stdout(
         |v| v["finding"]["category"].is_string(),
         Duration::from_secs(10),
     )?;
+    println!("{}\n", finding.raw);
     println!("{}", serde_json::to_string_pretty(&finding.json)?);
     println!("\ndone in {:.1} s; cleaning up", t0.elapsed().as_secs_f64());
     Ok(())
