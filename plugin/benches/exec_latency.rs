@@ -2,8 +2,11 @@
 //! supervisor (RECV + pidfd check of fds 0-2 + SEND, blocking in one thread: the floor).
 //!
 //! `cargo bench -p rce-guard --bench exec_latency` (as root). Prints numbers, asserts none.
-//! Environment: `RCE_GUARD_BENCH_ROUNDS` (default 10) x `RCE_GUARD_BENCH_PER_ROUND` (300)
-//! execs per mode; `RCE_GUARD_BENCH_HOLD` listener fds for the RSS check (1000).
+//! Environment: `RCE_GUARD_BENCH_ROUNDS` (default 100) x `RCE_GUARD_BENCH_PER_ROUND` (30)
+//! execs per mode; `RCE_GUARD_BENCH_HOLD` listener fds for the RSS check (1000);
+//! `RCE_GUARD_BENCH_WORKERS` monitor workers (2). `RCE_GUARD_BENCH_PROFILE=N` (with
+//! `..._PROFILE_MODE=ours|reference|reference-epoll`, `..._PROFILE_JOB=spawn|missing`) runs
+//! only N execs of one mode, for `perf record -p`.
 //!
 //! Each mode has its own thread. The filtered modes' threads install the exec-notify filter on
 //! themselves only (never on the monitor's threads), so the children they spawn are trapped.
@@ -319,8 +322,8 @@ fn main() {
         eprintln!("exec_latency: must run as root (seccomp listeners, pidfd_getfd); skipped");
         return;
     }
-    let rounds = env_usize("RCE_GUARD_BENCH_ROUNDS", 10);
-    let per_round = env_usize("RCE_GUARD_BENCH_PER_ROUND", 300);
+    let rounds = env_usize("RCE_GUARD_BENCH_ROUNDS", 100);
+    let per_round = env_usize("RCE_GUARD_BENCH_PER_ROUND", 30);
     let hold = env_usize("RCE_GUARD_BENCH_HOLD", 1000);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -408,77 +411,72 @@ fn main() {
         return;
     }
 
-    println!("exec_latency: {rounds} rounds x {per_round} execs per mode, interleaved");
-    let mut spawn = [
-        Series {
-            name: "none",
-            samples: vec![],
-        },
-        Series {
-            name: "ours",
-            samples: vec![],
-        },
-        Series {
-            name: "reference",
-            samples: vec![],
-        },
-    ];
-    let mut missing = [
-        Series {
-            name: "none",
-            samples: vec![],
-        },
-        Series {
-            name: "ours",
-            samples: vec![],
-        },
-        Series {
-            name: "reference",
-            samples: vec![],
-        },
-    ];
-    let mut ours_cpu = 0u64;
-    let mut ref_cpu = 0u64;
+    println!(
+        "exec_latency: {rounds} rounds x {per_round} execs per mode, modes interleaved round by round (order rotated)"
+    );
+    let series = |_| {
+        [
+            Series {
+                name: "none",
+                samples: vec![],
+            },
+            Series {
+                name: "ours",
+                samples: vec![],
+            },
+            Series {
+                name: "reference",
+                samples: vec![],
+            },
+        ]
+    };
+    let (mut spawn, mut missing) = (series(()), series(()));
+    // CPU of the serving threads, per mode and job kind: [spawn, missing].
+    let mut ours_cpu = [0u64; 2];
+    let mut ref_cpu = [0u64; 2];
     let judged_before = mon.stats().execs_judged;
-    for _ in 0..rounds {
-        spawn[0].samples.extend(run_job(
-            &none_tx,
-            &none_rx,
-            Job::Spawn {
-                n: per_round,
-                socket_stdio: None,
-            },
-        ));
-        let c0 = threads_cpu_ns("rce-guard-notif");
-        spawn[1].samples.extend(run_job(
-            &ours_tx,
-            &ours_rx,
-            Job::Spawn {
-                n: per_round,
-                socket_stdio: None,
-            },
-        ));
-        ours_cpu += threads_cpu_ns("rce-guard-notif") - c0;
-        let c0 = threads_cpu_ns("ref-supervisor");
-        spawn[2].samples.extend(run_job(
-            &ref_tx,
-            &ref_rx,
-            Job::Spawn {
-                n: per_round,
-                socket_stdio: None,
-            },
-        ));
-        ref_cpu += threads_cpu_ns("ref-supervisor") - c0;
-
-        missing[0]
-            .samples
-            .extend(run_job(&none_tx, &none_rx, Job::Missing { n: per_round }));
-        missing[1]
-            .samples
-            .extend(run_job(&ours_tx, &ours_rx, Job::Missing { n: per_round }));
-        missing[2]
-            .samples
-            .extend(run_job(&ref_tx, &ref_rx, Job::Missing { n: per_round }));
+    let modes: [(&mpsc::Sender<Job>, &mpsc::Receiver<Reply>, &str); 3] = [
+        (&none_tx, &none_rx, ""),
+        (&ours_tx, &ours_rx, "rce-guard-notif"),
+        (&ref_tx, &ref_rx, "ref-supervisor"),
+    ];
+    for round in 0..rounds {
+        for k in 0..3 {
+            let m = (round + k) % 3;
+            let (tx, rx, threads) = modes[m];
+            for (kind, job) in [
+                (
+                    0,
+                    Job::Spawn {
+                        n: per_round,
+                        socket_stdio: None,
+                    },
+                ),
+                (1, Job::Missing { n: per_round }),
+            ] {
+                let c0 = if threads.is_empty() {
+                    0
+                } else {
+                    threads_cpu_ns(threads)
+                };
+                let samples = run_job(tx, rx, job);
+                let used = if threads.is_empty() {
+                    0
+                } else {
+                    threads_cpu_ns(threads) - c0
+                };
+                match m {
+                    1 => ours_cpu[kind] += used,
+                    2 => ref_cpu[kind] += used,
+                    _ => {}
+                }
+                if kind == 0 {
+                    spawn[m].samples.extend(samples);
+                } else {
+                    missing[m].samples.extend(samples);
+                }
+            }
+        }
     }
     let judged = mon.stats().execs_judged - judged_before;
 
@@ -487,13 +485,21 @@ fn main() {
         "execve of a missing file (notification round trip only)",
         &missing,
     );
-    let n_spawn = (rounds * per_round) as f64;
-    println!("\nmonitor CPU per exec (fork+exec rounds, schedstat of worker threads; {judged} execs judged in all rounds):");
+    let n = (rounds * per_round) as f64;
+    println!("\nserving threads' CPU per exec (schedstat; {judged} execs judged by ours in these rounds):");
+    println!("  {:<10} {:>16} {:>16}", "", "fork+exec", "missing file");
     println!(
-        "  ours      {:7.1} us   (target <= 45 us)",
-        ours_cpu as f64 / 1e3 / n_spawn
+        "  {:<10} {:>13.1} us {:>13.1} us   (target <= 45 us)",
+        "ours",
+        ours_cpu[0] as f64 / 1e3 / n,
+        ours_cpu[1] as f64 / 1e3 / n
     );
-    println!("  reference {:7.1} us", ref_cpu as f64 / 1e3 / n_spawn);
+    println!(
+        "  {:<10} {:>13.1} us {:>13.1} us",
+        "reference",
+        ref_cpu[0] as f64 / 1e3 / n,
+        ref_cpu[1] as f64 / 1e3 / n
+    );
 
     // The context path: socket stdio makes the monitor read the caller's exe, cmdline and
     // ancestry from /proc before judging.
@@ -504,7 +510,7 @@ fn main() {
             std::mem::forget(c);
         }
     });
-    let n = per_round * 2;
+    let n = (rounds * per_round / 5).max(100);
     let c0 = threads_cpu_ns("rce-guard-notif");
     let sock_ours = run_job(
         &ours_tx,
@@ -582,7 +588,7 @@ fn main() {
     println!("\nRSS with {open} listener fds open: {:.1} MiB (process total; {:.1} MiB before the holder, {:.1} MiB before the monitor started) (target < 32 MiB)",
         rss_with as f64 / 1024.0, rss_before as f64 / 1024.0, rss_before_monitor as f64 / 1024.0);
     println!("  watched containers: {}", mon.watched().len());
-    let busy = run_job(&ours_tx, &ours_rx, Job::Missing { n: per_round });
+    let busy = run_job(&ours_tx, &ours_rx, Job::Missing { n: 1000 });
     let mut s = busy.clone();
     s.sort();
     println!(
@@ -593,7 +599,7 @@ fn main() {
 
     // Exec storms: several processes exec at once, each with its own listener (like separate
     // containers), then several sharing one listener (one busy container).
-    let storm_n = per_round * 4;
+    let storm_n = 2000;
     let start = |delay_ms: u128| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -230,3 +230,34 @@ fn invalid_argv_pointers_and_endless_arguments_are_bounded() {
     assert_success(&out);
     assert!(stdout_of(&out).contains("status: exit=0"));
 }
+
+#[test]
+fn a_slow_judgment_in_one_container_does_not_hold_up_another() {
+    // The judge takes 3 s over `sleep` in ctr-slow; ctr-quick's exec must not wait for it.
+    let judge = RecordingJudge::with_rule(|e| {
+        if file_name(&e.program) == "sleep" {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Action::Allow
+    });
+    let mon = TestMonitor::start(judge.clone());
+    let mut slow = mon.testee();
+    slow.args(["--id", "ctr-slow", "--", "spawn", "/bin/sleep", "0"]);
+    let slow = std::thread::spawn(move || run_testee(&mut slow, WITHIN));
+    wait_until(WITHIN, "slow exec under judgment", || {
+        judge.calls_for("sleep").len() == 1
+    });
+    let t0 = Instant::now();
+    let out = run_testee(
+        mon.testee()
+            .args(["--id", "ctr-quick", "--", "spawn", "/bin/true"]),
+        WITHIN,
+    );
+    let took = t0.elapsed();
+    assert_success(&out);
+    assert!(
+        took < Duration::from_millis(1500),
+        "the quick container waited {took:?} for the other's judgment"
+    );
+    assert_success(&slow.join().unwrap());
+}

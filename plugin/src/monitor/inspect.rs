@@ -85,12 +85,6 @@ pub trait Target {
     }
     /// What the caller's fd `fd` is.
     fn stdio(&self, fd: i32) -> StdioKind;
-    /// Are the caller's fds `a` and `b` one open file (`2>&1`, a tty or socket on all three)?
-    /// Lets inspection describe such a file once. `false` when unsure.
-    fn same_file(&self, a: i32, b: i32) -> bool {
-        let _ = (a, b);
-        false
-    }
     /// tgid, ppid (and cgroup) of the caller.
     fn caller_ids(&self) -> Option<TaskIds>;
     /// tgid, ppid (and cgroup) of another process (an ancestor).
@@ -121,7 +115,7 @@ pub fn inspect_exec(
     };
     let (raw_path, argv) =
         read_path_and_argv(target, path_addr, argv_addr, call.pointer_size(), limits);
-    let stdio = read_stdio(target);
+    let stdio = [target.stdio(0), target.stdio(1), target.stdio(2)];
     let ids = target.caller_ids();
     let program = match raw_path {
         Some(s) => resolve_program(target, tid, call, args, &lossy(s.bytes)),
@@ -151,24 +145,6 @@ pub fn inspect_exec(
         },
         ancestors: Vec::new(),
     })
-}
-
-/// fds 0, 1, 2; a file shared between them (a dup) is described once.
-fn read_stdio(target: &dyn Target) -> [StdioKind; 3] {
-    let fd0 = target.stdio(0);
-    let fd1 = if fd0 != StdioKind::Closed && target.same_file(1, 0) {
-        fd0.clone()
-    } else {
-        target.stdio(1)
-    };
-    let fd2 = if fd1 != StdioKind::Closed && target.same_file(2, 1) {
-        fd1.clone()
-    } else if fd0 != StdioKind::Closed && fd0 != fd1 && target.same_file(2, 0) {
-        fd0.clone()
-    } else {
-        target.stdio(2)
-    };
-    [fd0, fd1, fd2]
 }
 
 /// Fill in the caller's exe and cmdline and its ancestors, nearest first, up to the
@@ -578,9 +554,6 @@ mod tests {
         gone: Cell<bool>,
         reads: Cell<usize>,
         batches: Cell<usize>,
-        /// fd pairs that are one open file (dups).
-        dups: Vec<(i32, i32)>,
-        stdio_calls: Cell<usize>,
     }
 
     impl FakeTarget {
@@ -661,11 +634,7 @@ mod tests {
             }
             Ok(done)
         }
-        fn same_file(&self, a: i32, b: i32) -> bool {
-            self.dups.contains(&(a, b)) || self.dups.contains(&(b, a))
-        }
         fn stdio(&self, fd: i32) -> StdioKind {
-            self.stdio_calls.set(self.stdio_calls.get() + 1);
             self.stdio[fd as usize].clone().unwrap_or(StdioKind::Closed)
         }
         fn caller_ids(&self) -> Option<TaskIds> {
@@ -801,42 +770,6 @@ mod tests {
         assert_eq!(ev.args, ["sh".to_string(), long]);
         assert!(!ev.args_truncated);
         assert_eq!((t.batches.get(), t.reads.get()), (2, 1));
-    }
-
-    #[test]
-    fn fake_dup_stdio_is_described_once() {
-        let args = [0x10_000, 0x20_000, 0, 0, 0, 0];
-        let lim = InspectLimits::default();
-        let mut t = reverse_shell_fake();
-        t.dups = vec![(0, 1), (1, 2), (0, 2)];
-        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
-        assert!(ev.stdio.iter().all(StdioKind::is_network_socket));
-        assert_eq!(t.stdio_calls.get(), 1);
-        // `2>&1` with another stdin: two descriptions.
-        let mut t = reverse_shell_fake();
-        t.stdio[0] = Some(StdioKind::CharDevice);
-        t.dups = vec![(1, 2)];
-        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
-        assert_eq!(ev.stdio[0], StdioKind::CharDevice);
-        assert!(ev.stdio[1].is_network_socket() && ev.stdio[2].is_network_socket());
-        assert_eq!(t.stdio_calls.get(), 2);
-        // Nothing shared: three.
-        let mut t = reverse_shell_fake();
-        t.stdio = [
-            Some(StdioKind::Pipe),
-            Some(StdioKind::CharDevice),
-            Some(StdioKind::RegularFile),
-        ];
-        let ev = inspect_exec(&t, EXECVE, &args, &lim).unwrap();
-        assert_eq!(
-            ev.stdio,
-            [
-                StdioKind::Pipe,
-                StdioKind::CharDevice,
-                StdioKind::RegularFile
-            ]
-        );
-        assert_eq!(t.stdio_calls.get(), 3);
     }
 
     #[test]

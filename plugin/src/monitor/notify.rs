@@ -1,5 +1,6 @@
 //! The notify loop: every adopted listener fd sits in one epoll set with `EPOLLONESHOT`, and a
-//! small fixed pool of worker threads waits on it. A ready fd goes to exactly one worker,
+//! small fixed pool of worker threads serves it (one at a time unless one is stuck: see
+//! `roles`). A ready fd goes to exactly one worker,
 //! which receives one notification, inspects, judges, answers, and re-arms the fd. So a fd is
 //! never RECV'd by two threads at once (RECV would block the second), a slow container holds
 //! at most one worker, and a busy one cannot starve the others: after each notification its
@@ -23,6 +24,7 @@ use crate::verdict::{Action, ExecJudge, WatchedContainer};
 use super::abi::{self, ExecCall};
 use super::inspect::{self, InspectLimits, Vanished};
 use super::repeat::RepeatCache;
+use super::roles::{self, Call, Roles};
 use super::stats::{bump, Counters};
 use super::sys::{self, Reply};
 use super::target::LiveTarget;
@@ -35,8 +37,12 @@ const WAKE_TOKEN: u64 = 0;
 const REPEAT_WINDOW: Duration = Duration::from_secs(2);
 const REPEAT_CAPACITY: usize = 4096;
 
-/// Notifications served from one fd in a row before it goes back behind the other ready fds.
-const FAIR_SHARE: usize = 16;
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    Served,
+    Idle,
+    Stop,
+}
 
 /// One adopted seccomp listener fd.
 pub(crate) struct Listener {
@@ -58,6 +64,7 @@ pub(crate) struct Engine {
     context: CallerContext,
     stopping: AtomicBool,
     hook: Option<ListenerHook>,
+    pub(crate) roles: Roles,
 }
 
 /// Per-container view of the listeners, for coverage checks.
@@ -77,6 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     pub(crate) fn new(
+        workers: usize,
         judge: Arc<dyn ExecJudge>,
         limits: InspectLimits,
         context: CallerContext,
@@ -89,6 +97,7 @@ impl Engine {
             wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
         )?;
+        let roles = Roles::new(workers, wake.as_fd())?;
         Ok(Engine {
             epoll,
             wake,
@@ -101,6 +110,7 @@ impl Engine {
             context,
             stopping: AtomicBool::new(false),
             hook,
+            roles,
         })
     }
 
@@ -156,28 +166,56 @@ impl Engine {
         Ok(token)
     }
 
-    /// Body of one worker thread.
-    pub(crate) fn run_worker(&self) {
-        let mut events = [EpollEvent::empty(); 1];
+    /// Body of worker `index`: 0 is the primary, the others stand by (see `roles`).
+    pub(crate) fn run_worker(&self, index: usize) {
+        if index == 0 {
+            while self.serve_epoll(index, EpollTimeout::NONE) != Turn::Stop {}
+            return;
+        }
+        let recheck = EpollTimeout::try_from(roles::STUCK_AFTER).unwrap_or(EpollTimeout::NONE);
         loop {
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(0) | Err(Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "epoll_wait failed");
-                    bump(&self.counters.listener_errors);
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
+            match self.roles.wait_for_call() {
+                Call::Wake | Call::Nothing => {
+                    if self.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
                 }
-            }
-            if self.stopping.load(Ordering::Acquire) {
-                return;
-            }
-            let ev = events[0];
-            if ev.data() != WAKE_TOKEN {
-                self.on_ready(ev.data(), ev.events());
+                Call::Help => loop {
+                    if self.serve_epoll(index, recheck) == Turn::Stop {
+                        return;
+                    }
+                    if !self.roles.still_needed() {
+                        break;
+                    }
+                },
             }
         }
+    }
+
+    /// Wait for one ready fd (or `timeout`) and serve it.
+    fn serve_epoll(&self, index: usize, timeout: EpollTimeout) -> Turn {
+        let mut events = [EpollEvent::empty(); 1];
+        match self.epoll.wait(&mut events, timeout) {
+            Ok(0) | Err(Errno::EINTR) => return Turn::Idle,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed");
+                bump(&self.counters.listener_errors);
+                std::thread::sleep(Duration::from_millis(10));
+                return Turn::Idle;
+            }
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            return Turn::Stop;
+        }
+        let ev = events[0];
+        if ev.data() == WAKE_TOKEN {
+            return Turn::Idle;
+        }
+        self.roles.begin(index);
+        self.on_ready(ev.data(), ev.events());
+        self.roles.end(index);
+        Turn::Served
     }
 
     fn on_ready(&self, token: u64, flags: EpollFlags) {
@@ -190,27 +228,24 @@ impl Engine {
             return;
         }
         if flags.contains(EpollFlags::EPOLLIN) {
-            // Serve this fd while it has notifications pending, up to a fair share: a caller
-            // that execs again right after our answer (a shell loop, a build) is then served
-            // without a trip through epoll, which would wake the other worker for nothing.
-            for _ in 0..FAIR_SHARE {
-                if let Err(e) = self.serve_one(&listener) {
+            match self.serve_one(&listener) {
+                Ok(()) => {}
+                Err(e) => {
                     tracing::error!(container_id = %listener.container.container_id, error = %e, "listener fd broken");
                     bump(&self.counters.listener_errors);
                     self.close(token, "listener fd broken");
                     return;
                 }
-                match poll_now(listener.fd.as_fd()) {
-                    Readiness::Pending => continue,
-                    Readiness::Idle => break,
-                    Readiness::HungUp => {
-                        self.close(token, "every task using the filter has exited");
-                        return;
-                    }
-                }
             }
         }
-        if let Err(e) = self.epoll.modify(listener.fd.as_fd(), &mut interest(token)) {
+        self.rearm(&listener);
+    }
+
+    /// Let epoll report the fd again. Only after the answer is sent and a possible repeat is
+    /// recorded: a retry of the same exec (the caller's wait was interrupted) must not be
+    /// served before its verdict is known.
+    fn rearm(&self, l: &Listener) {
+        if let Err(e) = self.epoll.modify(l.fd.as_fd(), &mut interest(l.token)) {
             // Only fails if the fd is no longer in the set (shutdown).
             tracing::debug!(error = %e, "cannot re-arm listener");
         }
@@ -257,32 +292,39 @@ impl Engine {
             bump(&self.counters.vanished);
             return Ok(());
         };
+        let tid = event.tid;
         let (fingerprint, repeat) = {
-            let mut r = lock(&self.repeats);
+            let r = lock(&self.repeats);
             let fp = r.fingerprint(&event);
-            (fp, r.lookup(l.token, event.tid, fp, Instant::now()))
+            (fp, r.lookup(l.token, tid, fp, Instant::now()))
         };
-        if let Some(action) = repeat {
-            bump(&self.counters.repeats_answered);
-            if !self.answer(l, notif.id, action, Some(target.pidfd())) {
-                // Interrupted again: keep the verdict for the next retry.
-                lock(&self.repeats).record(l.token, event.tid, fingerprint, action, Instant::now());
+        let action = match repeat {
+            Some(action) => {
+                bump(&self.counters.repeats_answered);
+                action
             }
-            return Ok(());
-        }
-        if self.context.wants(&event) {
-            if let Err(Vanished) =
-                inspect::add_caller_context(&target, &mut event, l.container.init_pid, &self.limits)
-            {
-                bump(&self.counters.vanished);
-                return Ok(());
+            None => {
+                if self.context.wants(&event) {
+                    let init = l.container.init_pid;
+                    if let Err(Vanished) =
+                        inspect::add_caller_context(&target, &mut event, init, &self.limits)
+                    {
+                        bump(&self.counters.vanished);
+                        return Ok(());
+                    }
+                }
+                self.judge(l, &event)
             }
-        }
-        let action = self.judge(l, &event);
-        if !self.answer(l, notif.id, action, Some(target.pidfd())) {
-            // The caller left the wait before our answer landed: the kernel will notify the
-            // same exec again if it was only interrupted. Remember the verdict for that.
-            lock(&self.repeats).record(l.token, event.tid, fingerprint, action, Instant::now());
+        };
+        let delivered = self.answer(l, notif.id, action, Some(target.pidfd()));
+        let mut repeats = lock(&self.repeats);
+        if delivered {
+            // That exec is done with: the next identical one of this thread is a new exec.
+            repeats.forget(l.token, tid, fingerprint);
+        } else {
+            // The caller left the wait before the answer landed: if it was only interrupted,
+            // the kernel notifies this exec again once the fd is re-armed (after this).
+            repeats.record(l.token, tid, fingerprint, action, Instant::now());
         }
         Ok(())
     }
@@ -422,31 +464,6 @@ impl Engine {
                 (l.container, l.fd)
             })
             .collect()
-    }
-}
-
-enum Readiness {
-    Pending,
-    Idle,
-    HungUp,
-}
-
-/// Non-blocking poll of one listener fd.
-fn poll_now(fd: BorrowedFd<'_>) -> Readiness {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) if n > 0 => {
-            let r = fds[0].revents().unwrap_or(PollFlags::empty());
-            if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
-                Readiness::HungUp
-            } else if r.contains(PollFlags::POLLIN) {
-                Readiness::Pending
-            } else {
-                Readiness::Idle
-            }
-        }
-        _ => Readiness::Idle,
     }
 }
 

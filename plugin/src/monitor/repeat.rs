@@ -11,7 +11,7 @@
 //! same command again is judged again.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,6 @@ pub struct RepeatCache {
     /// Random keys: a caller cannot craft two different execs with one fingerprint.
     hasher: RandomState,
     last: HashMap<(u64, i32), (Fingerprint, Action, Instant)>,
-    /// Insertion order, for expiry and the capacity bound; may hold stale keys.
-    order: VecDeque<((u64, i32), Instant)>,
 }
 
 impl RepeatCache {
@@ -38,7 +36,6 @@ impl RepeatCache {
             capacity: capacity.max(1),
             hasher: RandomState::new(),
             last: HashMap::new(),
-            order: VecDeque::new(),
         }
     }
 
@@ -53,14 +50,7 @@ impl RepeatCache {
     }
 
     /// The action given to the same exec by this thread within the window, if any.
-    pub fn lookup(
-        &mut self,
-        listener: u64,
-        tid: i32,
-        fp: Fingerprint,
-        now: Instant,
-    ) -> Option<Action> {
-        self.expire(now);
+    pub fn lookup(&self, listener: u64, tid: i32, fp: Fingerprint, now: Instant) -> Option<Action> {
         match self.last.get(&(listener, tid)) {
             Some((seen, action, at)) if *seen == fp && now.duration_since(*at) <= self.window => {
                 Some(*action)
@@ -69,6 +59,7 @@ impl RepeatCache {
         }
     }
 
+    /// Remember a verdict whose delivery is not (yet) confirmed.
     pub fn record(
         &mut self,
         listener: u64,
@@ -77,39 +68,29 @@ impl RepeatCache {
         action: Action,
         now: Instant,
     ) {
-        self.expire(now);
-        while self.last.len() >= self.capacity {
-            let Some((key, at)) = self.order.pop_front() else {
-                break;
-            };
-            if self.last.get(&key).is_some_and(|e| e.2 == at) {
-                self.last.remove(&key);
+        if self.last.len() >= self.capacity {
+            let window = self.window;
+            self.last.retain(|_, e| now.duration_since(e.2) <= window);
+        }
+        if self.last.len() >= self.capacity {
+            // Still full of fresh entries: drop the oldest (rare; O(n)).
+            if let Some(oldest) = self.last.iter().min_by_key(|(_, e)| e.2).map(|(k, _)| *k) {
+                self.last.remove(&oldest);
             }
         }
         self.last.insert((listener, tid), (fp, action, now));
-        self.order.push_back(((listener, tid), now));
+    }
+
+    /// The verdict reached its caller: that exec cannot come back.
+    pub fn forget(&mut self, listener: u64, tid: i32, fp: Fingerprint) {
+        if self.last.get(&(listener, tid)).is_some_and(|e| e.0 == fp) {
+            self.last.remove(&(listener, tid));
+        }
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.last.len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some((key, at)) = self.order.front().copied() {
-            if now.duration_since(at) <= self.window {
-                break;
-            }
-            self.order.pop_front();
-            if self.last.get(&key).is_some_and(|e| e.2 == at) {
-                self.last.remove(&key);
-            }
-        }
     }
 }
 
@@ -157,7 +138,10 @@ mod tests {
         assert_eq!(c.lookup(1, 10, fp, t0), None);
         // Outside the window it is judged again.
         assert_eq!(c.lookup(1, 9, fp, t0 + Duration::from_secs(3)), None);
-        assert!(c.is_empty());
+        // Delivered: forgotten.
+        c.forget(1, 9, fp);
+        assert_eq!(c.lookup(1, 9, fp, t0), None);
+        assert_eq!(c.len(), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The live [`Target`]: a trapped task reached through its pidfd (fds, ids), its memory
 //! (`process_vm_readv`) and, for the finding's context only, /proc.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub struct LiveTarget<'a> {
     notif_id: u64,
     tid: i32,
     pidfd: OwnedFd,
+    /// The last socket described, by (device, inode).
+    last_socket: RefCell<Option<((u64, u64), StdioKind)>>,
 }
 
 impl<'a> LiveTarget<'a> {
@@ -45,6 +48,7 @@ impl<'a> LiveTarget<'a> {
             notif_id: notif.id,
             tid,
             pidfd,
+            last_socket: RefCell::new(None),
         }))
     }
 
@@ -72,15 +76,29 @@ impl Target for LiveTarget<'_> {
     }
 
     fn stdio(&self, fd: i32) -> StdioKind {
-        match sys::pidfd_getfd(self.pidfd.as_fd(), fd) {
-            Ok(copy) => describe_fd(copy.as_fd()),
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => StdioKind::Closed,
-            Err(_) => StdioKind::Unknown,
+        let copy = match sys::pidfd_getfd(self.pidfd.as_fd(), fd) {
+            Ok(copy) => copy,
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => return StdioKind::Closed,
+            Err(_) => return StdioKind::Unknown,
+        };
+        let Ok(st) = rustix::fs::fstat(&copy) else {
+            return StdioKind::Unknown;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+            return kind_of(st.st_mode);
         }
-    }
-
-    fn same_file(&self, a: i32, b: i32) -> bool {
-        sys::same_open_file(self.tid, a, b).unwrap_or(false)
+        // A socket on several std fds (a reverse shell's `>&` dups) is the same inode each
+        // time: look it up once.
+        let key = (st.st_dev, st.st_ino);
+        let mut last = self.last_socket.borrow_mut();
+        if let Some((k, kind)) = last.as_ref() {
+            if *k == key {
+                return kind.clone();
+            }
+        }
+        let kind = describe_socket(copy.as_fd());
+        *last = Some((key, kind.clone()));
+        kind
     }
 
     fn caller_ids(&self) -> Option<TaskIds> {
@@ -147,9 +165,17 @@ pub fn describe_fd(fd: BorrowedFd<'_>) -> StdioKind {
     };
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Socket => describe_socket(fd),
+        _ => kind_of(st.st_mode),
+    }
+}
+
+/// The kind of a non-socket file from its mode.
+fn kind_of(mode: u32) -> StdioKind {
+    match FileType::from_raw_mode(mode) {
         FileType::Fifo => StdioKind::Pipe,
         FileType::CharacterDevice => StdioKind::CharDevice,
         FileType::RegularFile => StdioKind::RegularFile,
+        FileType::Socket => StdioKind::Unknown,
         _ => StdioKind::Other,
     }
 }
