@@ -9,8 +9,7 @@
 //!   the [`inspect::Target`] trait), `target`: the live implementation;
 //! - [`sys`]: the syscalls, and all `unsafe` of the project; [`filter`]: the exec-notify BPF
 //!   program (for tests and benchmarks, which play the runtime);
-//! - `repeat`: recognises execs the kernel re-notifies after an interrupted wait;
-//! - `roles`: one worker serves, the others step in only when one is stuck.
+//! - `repeat`: recognises execs the kernel re-notifies after an interrupted wait.
 
 pub mod abi;
 pub mod filter;
@@ -18,7 +17,6 @@ pub mod handover;
 pub mod inspect;
 mod notify;
 mod repeat;
-mod roles;
 mod stats;
 pub mod sys;
 pub mod target;
@@ -194,7 +192,6 @@ pub fn start(cfg: MonitorConfig, judge: Arc<dyn ExecJudge>) -> Result<MonitorHan
     raise_fd_limit();
     let engine = Arc::new(
         notify::Engine::new(
-            cfg.workers,
             judge,
             cfg.limits.clone(),
             cfg.caller_context,
@@ -212,7 +209,7 @@ pub fn start(cfg: MonitorConfig, judge: Arc<dyn ExecJudge>) -> Result<MonitorHan
         let e = engine.clone();
         let t = std::thread::Builder::new()
             .name(format!("rce-guard-notify-{i}"))
-            .spawn(move || e.run_worker(i))
+            .spawn(move || e.run_worker())
             .map_err(MonitorError::Thread)?;
         handle.workers.push(t);
     }

@@ -1,16 +1,16 @@
 //! The notify loop: every adopted listener fd sits in one epoll set with `EPOLLONESHOT`, and a
-//! small fixed pool of worker threads serves it (one at a time unless one is stuck: see
-//! `roles`). A ready fd goes to exactly one worker,
-//! which receives one notification, inspects, judges, answers, and re-arms the fd. So a fd is
-//! never RECV'd by two threads at once (RECV would block the second), a slow container holds
-//! at most one worker, and a busy one cannot starve the others: after each notification its
-//! fd goes back behind the other ready fds.
+//! small fixed pool of worker threads waits on it. A ready fd goes to exactly one worker,
+//! which receives a notification, inspects, judges, answers, serves the fd's further pending
+//! notifications (a bounded few), and re-arms it. So a fd is never RECV'd by two threads at
+//! once (RECV would block the second), a slow container holds at most one worker, and a busy
+//! one cannot starve the others: after its fair share its fd goes back behind the other
+//! ready fds.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,6 @@ use crate::verdict::{Action, ExecJudge, WatchedContainer};
 use super::abi::{self, ExecCall};
 use super::inspect::{self, InspectLimits, Vanished};
 use super::repeat::RepeatCache;
-use super::roles::{self, Call, Roles};
 use super::stats::{bump, Counters};
 use super::sys::{self, Reply};
 use super::target::LiveTarget;
@@ -33,22 +32,20 @@ use super::{AdoptError, CallerContext, ListenerEvent, ListenerHook};
 /// epoll data of the shutdown eventfd; listener tokens start above it.
 const WAKE_TOKEN: u64 = 0;
 
+/// Notifications served from one fd in a row before it goes back behind the other ready fds.
+const FAIR_SHARE: usize = 16;
+
 /// How long a judged exec is remembered to recognise the kernel re-notifying it.
 const REPEAT_WINDOW: Duration = Duration::from_secs(2);
 const REPEAT_CAPACITY: usize = 4096;
-
-#[derive(Debug, PartialEq, Eq)]
-enum Turn {
-    Served,
-    Idle,
-    Stop,
-}
 
 /// One adopted seccomp listener fd.
 pub(crate) struct Listener {
     token: u64,
     fd: OwnedFd,
     container: WatchedContainer,
+    /// Caller of the last notification served (to spot a thread exec'ing in a row).
+    last_tid: AtomicI32,
 }
 
 /// Everything the workers share.
@@ -64,7 +61,6 @@ pub(crate) struct Engine {
     context: CallerContext,
     stopping: AtomicBool,
     hook: Option<ListenerHook>,
-    pub(crate) roles: Roles,
 }
 
 /// Per-container view of the listeners, for coverage checks.
@@ -84,7 +80,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Engine {
     pub(crate) fn new(
-        workers: usize,
         judge: Arc<dyn ExecJudge>,
         limits: InspectLimits,
         context: CallerContext,
@@ -97,7 +92,6 @@ impl Engine {
             wake.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
         )?;
-        let roles = Roles::new(workers, wake.as_fd())?;
         Ok(Engine {
             epoll,
             wake,
@@ -110,7 +104,6 @@ impl Engine {
             context,
             stopping: AtomicBool::new(false),
             hook,
-            roles,
         })
     }
 
@@ -136,6 +129,7 @@ impl Engine {
             token,
             fd,
             container,
+            last_tid: AtomicI32::new(0),
         });
         // In the map before epoll can report it, so a worker always finds it.
         let fds_for_container = {
@@ -166,56 +160,28 @@ impl Engine {
         Ok(token)
     }
 
-    /// Body of worker `index`: 0 is the primary, the others stand by (see `roles`).
-    pub(crate) fn run_worker(&self, index: usize) {
-        if index == 0 {
-            while self.serve_epoll(index, EpollTimeout::NONE) != Turn::Stop {}
-            return;
-        }
-        let recheck = EpollTimeout::try_from(roles::STUCK_AFTER).unwrap_or(EpollTimeout::NONE);
-        loop {
-            match self.roles.wait_for_call() {
-                Call::Wake | Call::Nothing => {
-                    if self.stopping.load(Ordering::Acquire) {
-                        return;
-                    }
-                }
-                Call::Help => loop {
-                    if self.serve_epoll(index, recheck) == Turn::Stop {
-                        return;
-                    }
-                    if !self.roles.still_needed() {
-                        break;
-                    }
-                },
-            }
-        }
-    }
-
-    /// Wait for one ready fd (or `timeout`) and serve it.
-    fn serve_epoll(&self, index: usize, timeout: EpollTimeout) -> Turn {
+    /// Body of one worker thread.
+    pub(crate) fn run_worker(&self) {
         let mut events = [EpollEvent::empty(); 1];
-        match self.epoll.wait(&mut events, timeout) {
-            Ok(0) | Err(Errno::EINTR) => return Turn::Idle,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "epoll_wait failed");
-                bump(&self.counters.listener_errors);
-                std::thread::sleep(Duration::from_millis(10));
-                return Turn::Idle;
+        loop {
+            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed");
+                    bump(&self.counters.listener_errors);
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let ev = events[0];
+            if ev.data() != WAKE_TOKEN {
+                self.on_ready(ev.data(), ev.events());
             }
         }
-        if self.stopping.load(Ordering::Acquire) {
-            return Turn::Stop;
-        }
-        let ev = events[0];
-        if ev.data() == WAKE_TOKEN {
-            return Turn::Idle;
-        }
-        self.roles.begin(index);
-        self.on_ready(ev.data(), ev.events());
-        self.roles.end(index);
-        Turn::Served
     }
 
     fn on_ready(&self, token: u64, flags: EpollFlags) {
@@ -228,13 +194,35 @@ impl Engine {
             return;
         }
         if flags.contains(EpollFlags::EPOLLIN) {
-            match self.serve_one(&listener) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(container_id = %listener.container.container_id, error = %e, "listener fd broken");
-                    bump(&self.counters.listener_errors);
-                    self.close(token, "listener fd broken");
-                    return;
+            // Serve this fd while it has notifications pending, up to a fair share. A caller
+            // that execs again right after our answer (a PATH search, a shell loop) is then
+            // served by this worker directly: re-arming would hand the next notification to
+            // another worker (this one is usually not back in epoll_wait yet, the caller it
+            // woke ran first), often on the other CPU, which measured as costly as the whole
+            // inspection.
+            for _ in 0..FAIR_SHARE {
+                let served = match self.serve_one(&listener) {
+                    Ok(tid) => tid,
+                    Err(e) => {
+                        tracing::error!(container_id = %listener.container.container_id, error = %e, "listener fd broken");
+                        bump(&self.counters.listener_errors);
+                        self.close(token, "listener fd broken");
+                        return;
+                    }
+                };
+                // Only a thread that just exec'd twice in a row is likely to do it again at
+                // once; for others the extra poll costs more than it saves.
+                let previous = listener.last_tid.swap(served, Ordering::Relaxed);
+                if served == 0 || served != previous {
+                    break;
+                }
+                match poll_now(listener.fd.as_fd()) {
+                    Readiness::Pending => continue,
+                    Readiness::Idle => break,
+                    Readiness::HungUp => {
+                        self.close(token, "every task using the filter has exited");
+                        return;
+                    }
                 }
             }
         }
@@ -251,21 +239,23 @@ impl Engine {
         }
     }
 
-    /// Receive one notification and answer it. `Err` only when the listener itself is broken.
-    fn serve_one(&self, l: &Listener) -> io::Result<()> {
+    /// Receive one notification and answer it; returns the caller's tid (0 if none). `Err`
+    /// only when the listener itself is broken.
+    fn serve_one(&self, l: &Listener) -> io::Result<i32> {
         let notif = match sys::notif_recv(l.fd.as_fd()) {
             Ok(n) => n,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINTR)) => {
                 bump(&self.counters.vanished);
-                return Ok(());
+                return Ok(0);
             }
             Err(e) => return Err(e),
         };
+        let notif_tid = notif.tid as i32;
         let Some(call) = abi::decode(notif.arch, notif.nr) else {
             // Not ours to judge (another rule of the profile); let it run.
             bump(&self.counters.non_exec_syscalls);
             self.send(l, notif.id, Reply::Continue);
-            return Ok(());
+            return Ok(notif_tid);
         };
         let target = match notif.tid {
             // The caller is outside our pid namespace: nothing of it can be read.
@@ -274,7 +264,7 @@ impl Engine {
                 Ok(Some(t)) => Some(t),
                 Ok(None) => {
                     bump(&self.counters.vanished);
-                    return Ok(());
+                    return Ok(notif_tid);
                 }
                 Err(e) => {
                     tracing::warn!(tid = notif.tid, error = %e, "cannot open the caller's pidfd; judging without inspection");
@@ -286,11 +276,11 @@ impl Engine {
         let Some(target) = target else {
             let action = self.judge(l, &unseen_event(call, notif.tid as i32));
             self.answer(l, notif.id, action, None);
-            return Ok(());
+            return Ok(notif_tid);
         };
         let Ok(mut event) = inspect::inspect_exec(&target, call, &notif.args, &self.limits) else {
             bump(&self.counters.vanished);
-            return Ok(());
+            return Ok(notif_tid);
         };
         let tid = event.tid;
         let (fingerprint, repeat) = {
@@ -310,7 +300,7 @@ impl Engine {
                         inspect::add_caller_context(&target, &mut event, init, &self.limits)
                     {
                         bump(&self.counters.vanished);
-                        return Ok(());
+                        return Ok(notif_tid);
                     }
                 }
                 self.judge(l, &event)
@@ -326,7 +316,7 @@ impl Engine {
             // the kernel notifies this exec again once the fd is re-armed (after this).
             repeats.record(l.token, tid, fingerprint, action, Instant::now());
         }
-        Ok(())
+        Ok(notif_tid)
     }
 
     fn judge(&self, l: &Listener, event: &ExecEvent) -> Action {
@@ -464,6 +454,31 @@ impl Engine {
                 (l.container, l.fd)
             })
             .collect()
+    }
+}
+
+enum Readiness {
+    Pending,
+    Idle,
+    HungUp,
+}
+
+/// Non-blocking poll of one listener fd.
+fn poll_now(fd: BorrowedFd<'_>) -> Readiness {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => {
+            let r = fds[0].revents().unwrap_or(PollFlags::empty());
+            if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                Readiness::HungUp
+            } else if r.contains(PollFlags::POLLIN) {
+                Readiness::Pending
+            } else {
+                Readiness::Idle
+            }
+        }
+        _ => Readiness::Idle,
     }
 }
 

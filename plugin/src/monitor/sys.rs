@@ -273,51 +273,6 @@ pub fn pidfd_kill(pidfd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rustix::process::pidfd_send_signal(pidfd, Signal::KILL)?)
 }
 
-/// A non-blocking, close-on-exec `CLOCK_MONOTONIC` timerfd.
-pub fn timerfd_create() -> io::Result<OwnedFd> {
-    // SAFETY: timerfd_create takes two integers and returns a new fd or -1.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a non-negative return is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Arm a timerfd to fire once after `after`, or disarm it with `None`.
-pub fn timerfd_set(timer: BorrowedFd<'_>, after: Option<std::time::Duration>) -> io::Result<()> {
-    let value = match after {
-        // A zero it_value would disarm: fire after at least one nanosecond.
-        Some(d) => libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos().max(u32::from(d.as_secs() == 0)) as libc::c_long,
-        },
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-    };
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: value,
-    };
-    // SAFETY: timerfd_settime reads one itimerspec from a live local; the old-value pointer is
-    // null (not wanted).
-    let rc = unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Ids of a task, read through its pidfd with no /proc access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskIds {
