@@ -393,7 +393,7 @@ fn main() {
             },
             _ => Job::Missing { n },
         };
-        let prefix = if tx as *const _ == &ours_tx as *const _ {
+        let prefix = if std::ptr::eq(tx, &ours_tx) {
             "rce-guard-notif"
         } else {
             "ref-supervisor"
@@ -705,7 +705,7 @@ fn report_storm(title: &str, children: Vec<std::process::Child>) {
 /// first; then at START_MS run N execve(missing) and print "max p99 p50 n" in microseconds.
 fn storm_child(n: usize, start_at_ms: u128, socket: Option<&String>) {
     if let Some(sock) = socket {
-        let id = std::env::args().last().unwrap_or_default();
+        let id = std::env::args().next_back().unwrap_or_default();
         let fd = filter::install_exec_notify_filter().expect("filter");
         hand_over(Path::new(sock), &fd, &payload(&id, std::process::id())).expect("hand over");
     }
