@@ -466,31 +466,7 @@ fn finding_id(obs: &Observation) -> String {
 
 /// RFC 3339 in UTC with microseconds, e.g. `2026-11-27T05:40:15.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's method).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    crate::timefmt::rfc3339_micros(t)
 }
 
 /// Hashes a binary, reading at most `max_bytes` (a hostile container could offer a huge or
@@ -625,15 +601,6 @@ pub(crate) mod tests {
         assert!(line.len() < 12 * 1024, "{}", line.len());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["finding"]["processes"][0]["argumentsTruncated"], true);
-    }
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000Z"
-        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::path::Path;
 pub fn prepare_socket_path(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
             // The umask may have taken bits away; make it exactly 0700.
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }

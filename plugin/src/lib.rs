@@ -28,5 +28,6 @@ pub mod registry;
 pub mod rule;
 pub mod selection;
 pub mod sinks;
+pub mod timefmt;
 pub mod verdict;
 pub mod wrapper;

@@ -270,7 +270,11 @@ impl Plugin for AgentPlugin {
                     identity: identity(by_id.get(c.pod_sandbox_id.as_str()).copied(), c),
                     state: state_of(c),
                     pid: pid_of(c),
-                    injection: if ours { Injection::Requested } else { Injection::NotDecided },
+                    injection: if ours {
+                        Injection::Requested
+                    } else {
+                        Injection::NotDecided
+                    },
                 }
             })
             .collect();
@@ -470,12 +474,21 @@ mod tests {
     async fn synchronize_marks_containers_an_earlier_agent_injected() {
         let (p, reg) = plugin(InjectionConfig::default());
         let mut ours = container();
-        ours.annotations.insert(SECCOMP_NOTIFY_ANNOTATION.into(), "{}".into());
+        ours.annotations
+            .insert(SECCOMP_NOTIFY_ANNOTATION.into(), "{}".into());
         let mut other = container();
         other.id = "ctr-2".into();
-        p.synchronize(vec![pod("shop")], vec![ours, other]).await.unwrap();
-        assert_eq!(reg.container("ctr-1").unwrap().injection, Injection::Requested);
-        assert_eq!(reg.container("ctr-2").unwrap().injection, Injection::NotDecided);
+        p.synchronize(vec![pod("shop")], vec![ours, other])
+            .await
+            .unwrap();
+        assert_eq!(
+            reg.container("ctr-1").unwrap().injection,
+            Injection::Requested
+        );
+        assert_eq!(
+            reg.container("ctr-2").unwrap().injection,
+            Injection::NotDecided
+        );
     }
 
     #[tokio::test]

@@ -118,7 +118,13 @@ impl Registry {
         let mut inner = self.write();
         let mut old = std::mem::take(&mut inner.containers);
         inner.pods = pods.into_iter().map(|p| (p.id.clone(), p)).collect();
-        for SyncedContainer { identity, state, pid, injection } in containers {
+        for SyncedContainer {
+            identity,
+            state,
+            pid,
+            injection,
+        } in containers
+        {
             let prev = old.remove(&identity.container_id);
             let is_new = prev.is_none();
             let entry = match prev {
@@ -349,8 +355,17 @@ mod tests {
         assert!(r.identity("a").is_none());
     }
 
-    fn synced(identity: ContainerIdentity, state: ContainerState, pid: Option<u32>) -> SyncedContainer {
-        SyncedContainer { identity, state, pid, injection: Injection::NotDecided }
+    fn synced(
+        identity: ContainerIdentity,
+        state: ContainerState,
+        pid: Option<u32>,
+    ) -> SyncedContainer {
+        SyncedContainer {
+            identity,
+            state,
+            pid,
+            injection: Injection::NotDecided,
+        }
     }
 
     #[test]

@@ -24,16 +24,16 @@ mod env;
 mod exec_stream;
 mod log_lines;
 mod procfs;
-pub mod restart;
 mod product;
+pub mod restart;
 mod reverse_shell;
 mod wait;
 
 pub use agent::{agent_binary, Agent, AgentBuilder};
 pub use containerd::{Containerd, ContainerdOptions, RuntimeHandler, Version};
 pub use create_timing::{median, percentile, CreateTimings, TimingBundle};
-pub use crun_cgroups::CrunCgroupsFix;
 pub use cri::{ContainerSpec, Cri, ExecResult, Pod, PodSpec, Seccomp};
+pub use crun_cgroups::CrunCgroupsFix;
 pub use env::{e2e_root, require_root, require_setup, BUSYBOX_IMAGE, PAUSE_IMAGE};
 pub use exec_stream::{exec_url, ExecSession, ExecSessionEnd};
 pub use log_lines::{field_str, message, LogLine};

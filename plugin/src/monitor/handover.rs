@@ -11,7 +11,7 @@
 //! the raw payload from anywhere (e.g. a process that kept the fds across an agent restart).
 
 use std::collections::BTreeMap;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use serde::Deserialize;
 
 use crate::identity::ContainerIdentity;
@@ -387,29 +386,21 @@ fn read_available(
     buf: &mut [u8],
     max_payload: usize,
 ) -> Result<Progress, HandoverError> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     loop {
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(buf)];
-        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
-        let msg = match rustix::net::recvmsg(&p.stream, &mut iov, &mut control, flags) {
-            Ok(m) => m,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => return Ok(Progress::Waiting),
-            Err(e) => return Err(HandoverError::Read(e.into())),
+        let r = match crate::fdpass::recv_with_fds(p.stream.as_fd(), buf, true) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Waiting),
+            Err(e) => return Err(HandoverError::Read(e)),
         };
-        for m in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = m {
-                p.fds.extend(received);
-            }
-        }
-        if msg.flags.contains(ReturnFlags::CTRUNC) || p.fds.len() > MAX_FDS {
+        p.fds.extend(r.fds);
+        if r.truncated || p.fds.len() > MAX_FDS {
             return Err(HandoverError::TooManyFds);
         }
-        if msg.bytes == 0 {
+        if r.len == 0 {
             return Ok(Progress::Done);
         }
-        p.payload.extend_from_slice(&buf[..msg.bytes]);
+        p.payload.extend_from_slice(&buf[..r.len]);
         if p.payload.len() > max_payload {
             return Err(PayloadError::TooLarge { limit: max_payload }.into());
         }
