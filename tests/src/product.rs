@@ -157,10 +157,15 @@ pub fn agent_status(agent: &Agent) -> Result<Value> {
     let socket = agent
         .admin_socket_path()
         .ok_or_else(|| anyhow!("the agent was not started with an admin socket"))?;
+    status_json(socket)
+}
+
+/// `rce-guard status --json --admin-socket <admin>`, parsed.
+pub fn status_json(admin: &Path) -> Result<Value> {
     let bin = agent_binary()?;
     let out = Command::new(&bin)
         .args(["status", "--json", "--admin-socket"])
-        .arg(socket)
+        .arg(admin)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {} status", bin.display()))?;

@@ -11,14 +11,11 @@
 //! exits, so a broken container does not flood the disk.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 use crate::containerd::Containerd;
 use crate::cri::{ContainerSpec, Cri, Pod, PodSpec};
@@ -193,43 +190,11 @@ pub fn wait_progress(loops: &[ExecLoop], more: u64, timeout: Duration) -> Result
 /// `cargo build -p rce-guard --bins` once per test process (a no-op when up to date) unless
 /// `$RCE_GUARD_BIN` names a prebuilt agent.
 pub fn agent_bin_dir() -> Result<PathBuf> {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let agent = crate::agent::agent_binary()?;
-    let dir = agent
+    let bins = crate::product::product_binaries()?;
+    bins.agent
         .parent()
-        .ok_or_else(|| anyhow!("{} has no directory", agent.display()))?
-        .to_path_buf();
-    let prebuilt = std::env::var_os("RCE_GUARD_BIN").is_some_and(|v| !v.is_empty());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !prebuilt && !*built {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or_else(|| anyhow!("the tests crate has no parent directory"))?;
-        let target = dir
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent", dir.display()))?;
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rce-guard", "--bins"])
-            .current_dir(workspace)
-            .env("CARGO_TARGET_DIR", target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .context("running cargo build -p rce-guard --bins")?;
-        if !status.success() {
-            bail!("`cargo build -p rce-guard --bins` failed ({status})");
-        }
-        *built = true;
-    }
-    for bin in ["rce-guard", "rce-guard-holder", "rce-guard-runc"] {
-        if !dir.join(bin).is_file() {
-            bail!("{} is missing", dir.join(bin).display());
-        }
-    }
-    Ok(dir)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("{} has no directory", bins.agent.display()))
 }
 
 /// Processes (pid, comm) with an argument that mentions `dir` (a path in it), except us.
@@ -318,31 +283,7 @@ impl Drop for KillProcessesUnder {
     }
 }
 
-/// `rce-guard status --json --admin-socket <admin>`, parsed.
-pub fn status_json(admin: &Path) -> Result<Value> {
-    let bin = crate::agent::agent_binary()?;
-    let out = Command::new(&bin)
-        .args(["status", "--json", "--admin-socket"])
-        .arg(admin)
-        .output()
-        .with_context(|| format!("running {} status", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "rce-guard status failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("parsing `rce-guard status --json`")
-}
-
-/// The status entry of one container.
-pub fn container_status<'a>(status: &'a Value, container_id: &str) -> Option<&'a Value> {
-    status["containers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["container_id"] == container_id)
-}
+pub use crate::product::{status_entry as container_status, status_json};
 
 /// A small deterministic generator for the chaos schedule (xorshift64*), seeded from the
 /// clock unless `RCE_GUARD_CHAOS_SEED` is set; print the seed to replay a run.
